@@ -1,0 +1,60 @@
+"""Errors a user sees. Each one names what was wrong and what would have been accepted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class RecaptionError(Exception):
+    """Base class for every error recaption raises on purpose."""
+
+
+class ConfigError(RecaptionError, ValueError):
+    """A wrong option: fails at once, naming the option, the value and the accepted values."""
+
+    def __init__(
+        self,
+        option: str,
+        value: object,
+        accepted: Iterable[object] | str | None = None,
+        hint: str = "",
+    ) -> None:
+        self.option = option
+        self.value = value
+        if accepted is None:
+            accepted_text = ""
+        elif isinstance(accepted, str):
+            accepted_text = f"; accepted: {accepted}"
+        else:
+            accepted_text = "; accepted: " + ", ".join(repr(a) for a in accepted)
+        msg = f"invalid value for {option}: {value!r}{accepted_text}"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
+
+
+class SourceError(RecaptionError, FileNotFoundError):
+    """A source path that does not exist or holds nothing recognizable."""
+
+    def __init__(self, path: str, problem: str, looked_for: Iterable[str] = ()) -> None:
+        self.path = path
+        looked = list(looked_for)
+        msg = f"{path}: {problem}"
+        if looked:
+            msg += ". Looked for: " + "; ".join(looked)
+        super().__init__(msg)
+
+
+class MissingColumnsError(RecaptionError, KeyError):
+    """A table lacks columns a stage needs: names the missing and the available ones."""
+
+    def __init__(self, where: str, missing: Iterable[str], available: Iterable[str]) -> None:
+        self.missing = sorted(missing)
+        self.available = sorted(available)
+        super().__init__(
+            f"{where}: missing column(s) {', '.join(map(repr, self.missing))}; "
+            f"available: {', '.join(map(repr, self.available)) or '(none)'}"
+        )
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
