@@ -1,0 +1,1 @@
+"""Dense captioning with vision-language models (LLaVA and other chat-template VLMs)."""
