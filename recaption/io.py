@@ -43,6 +43,8 @@ def to_url(fs: Any, path: str) -> str:
 
 def normalize(url: str) -> str:
     """A canonical form of a URL: absolute for local paths, unchanged scheme otherwise."""
+    if "://" not in url:
+        return os.path.abspath(url)
     fs, path = fs_path(url)
     return to_url(fs, path)
 

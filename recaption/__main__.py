@@ -1,0 +1,3 @@
+from recaption.cli import main
+
+main()

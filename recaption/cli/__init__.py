@@ -1,0 +1,14 @@
+"""The ``recaption`` command. Command modules import only Typer at start-up; the heavy libraries
+load inside the command that needs them, so ``recaption --help`` is instant."""
+
+from __future__ import annotations
+
+from recaption.cli import inspect_cmd  # noqa: F401  (registers the command)
+from recaption.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,152 @@
+"""Segment Anything (SA-1B): tar shards ``sa_000000.tar`` holding ``sa_<id>.jpg`` + ``sa_<id>.json``,
+or the same files extracted into folders.
+
+The JSON's ``image`` record gives ``image_id``, ``width``, ``height`` and ``file_name``; the
+``annotations`` (masks) are not needed here and only counted. An optional captions folder holds
+``sa_<id>.txt`` files, the layout of PixArt's released SAM-LLaVA captions; its text becomes the
+sample's caption.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from recaption import io
+from recaption.readers.base import (
+    Failure,
+    ImageRef,
+    InputShard,
+    Sample,
+    Source,
+    exists_or_failure,
+    shard_failure,
+)
+from recaption.readers.common import KeyTracker, caption_from_bytes, parse_json_sidecar
+from recaption.readers.tar import iter_tar_groups, split_key
+
+STAGE = "read"
+SAM_KEY = re.compile(r"^sa_\d+$")
+SAM_TAR = re.compile(r"^sa_\d+\.tar$")
+
+
+def natural_key(s: str) -> tuple[object, ...]:
+    """Sort ``sa_2`` before ``sa_10``."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s))
+
+
+def _apply_sam_json(sample: Sample, raw: bytes, name: str) -> None:
+    meta, warning = parse_json_sidecar(raw, f"SAM annotation file {name!r}")
+    if warning:
+        sample.warnings.append(warning)
+        return
+    image = meta.get("image")
+    if not isinstance(image, dict):
+        sample.warnings.append(f"SAM annotation file {name!r} has no 'image' record; width/height unknown")
+        return
+    for k in ("image_id", "file_name"):
+        if k in image:
+            sample.meta[f"sam_{k}"] = image[k]
+    try:
+        sample.width = int(image["width"])
+        sample.height = int(image["height"])
+    except (KeyError, TypeError, ValueError):
+        sample.warnings.append(f"SAM annotation file {name!r}: 'image' record lacks a valid width/height")
+    anns = meta.get("annotations")
+    if isinstance(anns, list):
+        sample.meta["sam_annotations"] = len(anns)
+
+
+@dataclass
+class SamSource(Source):
+    """SA-1B tars (``tars``) or extracted folders (``images``, chunked by ``shard_size``)."""
+
+    root: str
+    tars: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()
+    shard_size: int = 1000
+    captions_dir: str | None = None
+    kind = "sam"
+
+    def shards(self) -> list[InputShard]:
+        if self.tars:
+            return [InputShard(index=i, uri=u, kind=self.kind) for i, u in enumerate(self.tars)]
+        chunks = [self.images[i : i + self.shard_size] for i in range(0, len(self.images), self.shard_size)]
+        return [InputShard(index=i, uri=self.root, files=c, kind=self.kind) for i, c in enumerate(chunks)]
+
+    def _caption(self, sample: Sample) -> None:
+        if not self.captions_dir:
+            return
+        url = io.join(self.captions_dir, f"{sample.key.rsplit('/', 1)[-1]}.txt")
+        try:
+            raw = io.read_bytes(url)
+        except FileNotFoundError:
+            sample.warnings.append(f"no caption file {url}")
+            return
+        caption_from_bytes(sample, raw, f"caption file {url!r}")
+
+    def read_shard(self, shard: InputShard) -> Iterator[Sample | Failure]:
+        if shard.files:
+            yield from self._read_folder_chunk(shard)
+            return
+        missing = exists_or_failure(shard, STAGE)
+        if missing:
+            yield missing
+            return
+        keys = KeyTracker()
+        n = 0
+        for ev in iter_tar_groups(shard.uri):
+            if ev.problem:
+                yield Failure(key="", stage=STAGE, reason=ev.problem, uri=shard.uri, member=ev.member)
+                continue
+            assert ev.group is not None
+            g = ev.group
+            img = g.files.get("jpg") or g.files.get("jpeg")
+            if img is None:
+                yield Failure(
+                    key=g.key,
+                    stage=STAGE,
+                    uri=shard.uri,
+                    member=next(iter(g.files.values())).name if g.files else "",
+                    reason=f"no .jpg for SAM key {g.key!r} "
+                    f"(found: {', '.join(sorted(g.files)) or 'nothing'})",
+                )
+                continue
+            sample = Sample(
+                key=g.key.rsplit("/", 1)[-1],
+                source_kind=self.kind,
+                ref=ImageRef(uri=shard.uri, member=img.name, offset=img.offset, length=img.size),
+                data=img.data,
+            )
+            if "json" in g.files:
+                _apply_sam_json(sample, g.files["json"].data, g.files["json"].name)
+            else:
+                sample.warnings.append(f"no annotation file {g.key}.json beside the image")
+            if "txt" in g.files:
+                caption_from_bytes(sample, g.files["txt"].data, f"caption {g.files['txt'].name!r}")
+            self._caption(sample)
+            dup = keys.check(sample.key, img.name, STAGE, shard.uri, img.name)
+            if dup:
+                yield dup
+                continue
+            n += 1
+            yield sample
+        if n == 0:
+            yield shard_failure(shard, STAGE, "shard holds no samples (empty tar)", severity="warning")
+
+    def _read_folder_chunk(self, shard: InputShard) -> Iterator[Sample | Failure]:
+        for url in shard.files:
+            key, _ = split_key(io.basename(url))
+            if not io.exists(url):
+                yield Failure(key=key, stage=STAGE, uri=url, reason=f"image file is gone: {url}")
+                continue
+            # Bytes are read lazily (Sample.image_bytes), so caption-only passes never touch images.
+            sample = Sample(key=key, source_kind=self.kind, ref=ImageRef(uri=url))
+            json_url = url[: url.rfind(".")] + ".json"
+            try:
+                _apply_sam_json(sample, io.read_bytes(json_url), io.basename(json_url))
+            except FileNotFoundError:
+                sample.warnings.append(f"no annotation file {io.basename(json_url)} beside the image")
+            self._caption(sample)
+            yield sample

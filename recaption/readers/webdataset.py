@@ -1,0 +1,100 @@
+"""img2dataset's webdataset output: ``00000.tar`` holding ``<key>.jpg``, ``<key>.txt``, ``<key>.json``.
+
+img2dataset also writes ``00000.parquet`` (metadata, no images) and ``00000_stats.json`` beside each
+tar; only the tars are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from recaption.readers.base import (
+    Failure,
+    ImageRef,
+    InputShard,
+    Sample,
+    Source,
+    exists_or_failure,
+    shard_failure,
+)
+from recaption.readers.common import KeyTracker, caption_from_bytes, json_safe, parse_json_sidecar
+from recaption.readers.tar import IMAGE_EXTENSIONS, TarGroup, iter_tar_groups
+
+STAGE = "read"
+
+
+@dataclass
+class WebDatasetSource(Source):
+    """A set of webdataset tar shards; shard i is the i-th tar in sorted order."""
+
+    root: str
+    tars: tuple[str, ...]
+    kind = "webdataset"
+
+    def shards(self) -> list[InputShard]:
+        return [InputShard(index=i, uri=u, kind=self.kind) for i, u in enumerate(self.tars)]
+
+    def _sample(self, shard: InputShard, group: TarGroup) -> Sample | Failure:
+        img = group.image()
+        member = next(iter(group.files.values())).name if group.files else group.key
+        if img is None:
+            exts = ", ".join(sorted(group.files)) or "nothing"
+            return Failure(
+                key=group.key,
+                stage=STAGE,
+                reason=f"no image file for key {group.key!r} (found: {exts}; "
+                f"image extensions: {', '.join(IMAGE_EXTENSIONS)})",
+                uri=shard.uri,
+                member=member,
+            )
+        _, m = img
+        sample = Sample(
+            key=group.key,
+            source_kind=self.kind,
+            ref=ImageRef(uri=shard.uri, member=m.name, offset=m.offset, length=m.size),
+            data=m.data,
+        )
+        if "txt" in group.files:
+            caption_from_bytes(sample, group.files["txt"].data, f"caption {group.files['txt'].name!r}")
+        if "json" in group.files:
+            meta, warning = parse_json_sidecar(
+                group.files["json"].data, f"sidecar {group.files['json'].name!r}"
+            )
+            if warning:
+                sample.warnings.append(warning)
+            sample.meta = {k: json_safe(v) for k, v in meta.items()}
+            if sample.caption is None and isinstance(meta.get("caption"), str):
+                sample.caption = meta["caption"].strip()
+            if isinstance(meta.get("key"), str) and meta["key"]:
+                sample.meta["img2dataset_key"] = meta["key"]
+        return sample
+
+    def read_shard(self, shard: InputShard) -> Iterator[Sample | Failure]:
+        missing = exists_or_failure(shard, STAGE)
+        if missing:
+            yield missing
+            return
+        keys = KeyTracker()
+        n = 0
+        for ev in iter_tar_groups(shard.uri):
+            if ev.problem:
+                yield Failure(key="", stage=STAGE, reason=ev.problem, uri=shard.uri, member=ev.member)
+                continue
+            assert ev.group is not None
+            item = self._sample(shard, ev.group)
+            if isinstance(item, Sample):
+                dup = keys.check(
+                    item.key,
+                    item.ref.member if item.ref else "",
+                    STAGE,
+                    shard.uri,
+                    item.ref.member if item.ref else "",
+                )
+                if dup:
+                    yield dup
+                    continue
+                n += 1
+            yield item
+        if n == 0:
+            yield shard_failure(shard, STAGE, "shard holds no samples (empty tar)", severity="warning")

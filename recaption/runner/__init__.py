@@ -1,0 +1,30 @@
+"""Runners: execute a :class:`~recaption.stage.Stage` over its shards, in-process or on Ray.
+
+They know nothing about models: a stage is shipped to workers, set up once per worker, and given
+whole shards. Finished shards are skipped; a failed worker's shard is redone from the start.
+"""
+
+from recaption.runner.base import RunSummary, prepare_output, run_shard
+from recaption.runner.local import run_local
+from recaption.runner.ray import RayOptions, run_ray
+
+
+def run_stage(
+    stage,
+    output: str,
+    *,
+    executor: str = "local",
+    ray: RayOptions | None = None,
+    progress: bool | None = None,
+) -> RunSummary:
+    """Run ``stage`` into ``output`` with the ``"local"`` or ``"ray"`` executor."""
+    from recaption.errors import ConfigError
+
+    if executor == "local":
+        return run_local(stage, output, progress=progress)
+    if executor == "ray":
+        return run_ray(stage, output, ray or RayOptions(), progress=progress)
+    raise ConfigError("--executor", executor, ("local", "ray"))
+
+
+__all__ = ["RayOptions", "RunSummary", "prepare_output", "run_local", "run_ray", "run_shard", "run_stage"]

@@ -1,0 +1,159 @@
+"""What every executor shares: output-folder checks, shard commit, and the run summary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from recaption import __version__, io
+from recaption.errors import RecaptionError
+from recaption.readers.base import InputShard
+from recaption.shards.layout import StageDir
+from recaption.shards.writer import ShardOutput
+from recaption.stage import Stage
+
+log = logging.getLogger("recaption")
+
+
+class OutputConflictError(RecaptionError):
+    """The output folder was written by a different configuration or from different input."""
+
+
+def plan_digest(shards: list[InputShard]) -> str:
+    h = hashlib.sha256()
+    for s in shards:
+        h.update(json.dumps(s.to_dict(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<unset>"), new.get(k, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} → {b!r}")
+    return out
+
+
+def prepare_output(stage: Stage, output: str, shards: list[InputShard]) -> StageDir:
+    """Create the output folder, or check that a rerun matches the configuration it was made with.
+
+    Also removes temporary files a crashed run left behind (one driver per output folder).
+    """
+    sd = StageDir(output)
+    io.makedirs(output)
+    record = {
+        "stage": stage.name,
+        "fingerprint": json.loads(json.dumps(stage.fingerprint(), default=str)),
+        "shards": len(shards),
+        "plan_digest": plan_digest(shards),
+    }
+    if io.exists(sd.stage_file):
+        old = json.loads(io.read_text(sd.stage_file))
+        changes = _diff(
+            {k: old.get(k) for k in ("stage", "fingerprint", "shards", "plan_digest")},
+            record,
+        )
+        if changes:
+            raise OutputConflictError(
+                f"{output} was written by a different {old.get('stage')} run; refusing to mix outputs. "
+                "Changed: "
+                + "; ".join(changes)
+                + ". Use a new output folder, or delete this one to start over."
+            )
+    else:
+        io.write_text_atomic(
+            sd.stage_file, json.dumps({**record, "recaption_version": __version__}, indent=1, sort_keys=True)
+        )
+    for folder in (output, io.join(output, "_failures"), io.join(output, "_stats")):
+        for url in io.listdir(folder):
+            if io.is_tmp(url):
+                io.remove(url)
+    return sd
+
+
+def run_shard(stage: Stage, shard: InputShard, output: str) -> dict[str, Any]:
+    """Process one shard and commit it; on any error nothing becomes visible."""
+    sd = StageDir(output)
+    out = ShardOutput(
+        sd,
+        shard,
+        stage.schema(),
+        stage=stage.name,
+        metadata=stage.file_metadata(),
+        compression=stage.compression,
+    )
+    try:
+        extra = stage.process_shard(shard, out)
+        return out.commit(extra)
+    except BaseException:
+        out.abort()
+        raise
+
+
+@dataclass
+class RunSummary:
+    """What a run did: shards done now and before, failures, throughput."""
+
+    stage: str
+    output: str
+    total_shards: int
+    skipped: int = 0
+    done: list[dict[str, Any]] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    started: float = field(default_factory=time.time)
+
+    @property
+    def rows(self) -> int:
+        return sum(int(s.get("rows", 0)) for s in self.done)
+
+    @property
+    def errors(self) -> int:
+        return sum(int(s.get("errors", 0)) for s in self.done)
+
+    @property
+    def warnings(self) -> int:
+        return sum(int(s.get("warnings", 0)) for s in self.done)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def error_reasons(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.done:
+            for k, v in (s.get("error_reasons") or {}).items():
+                out[k] = out.get(k, 0) + int(v)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        rate = self.rows / self.seconds if self.seconds > 0 else 0.0
+        return {
+            "stage": self.stage,
+            "output": self.output,
+            "total_shards": self.total_shards,
+            "skipped_shards": self.skipped,
+            "done_shards": len(self.done),
+            "failed_shards": {str(k): v for k, v in sorted(self.failed.items())},
+            "rows": self.rows,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "error_reasons": self.error_reasons(),
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(rate, 3),
+        }
+
+    def raise_if_failed(self) -> None:
+        if self.failed:
+            first = next(iter(sorted(self.failed.items())))
+            raise RecaptionError(
+                f"{len(self.failed)} shard(s) of stage {self.stage} failed and were not written "
+                f"(rerun to retry them); first: shard {first[0]}: {first[1]}"
+            )

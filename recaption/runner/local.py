@@ -1,0 +1,44 @@
+"""Run a stage in this process: one worker, shards in order. The reference for the Ray runner."""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+from recaption.runner.base import RunSummary, log, prepare_output, run_shard
+from recaption.runner.progress import Progress
+from recaption.stage import Stage
+
+
+def run_local(stage: Stage, output: str, *, progress: bool | None = None) -> RunSummary:
+    """Process every unfinished shard of ``stage`` into ``output``, in this process."""
+    shards = stage.shards()
+    sd = prepare_output(stage, output, shards)
+    done = sd.done_indices()
+    pending = [s for s in shards if s.index not in done]
+    summary = RunSummary(
+        stage=stage.name, output=output, total_shards=len(shards), skipped=len(shards) - len(pending)
+    )
+    bar = Progress(stage.name, len(shards), summary.skipped, progress)
+    t0 = time.time()
+    try:
+        if pending:
+            stage.setup()
+        for shard in pending:
+            try:
+                stats = run_shard(stage, shard, output)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:
+                summary.failed[shard.index] = f"{type(e).__name__}: {e}"
+                bar.shard_failed(shard.index, summary.failed[shard.index])
+                log.debug("%s", traceback.format_exc())
+                continue
+            summary.done.append(stats)
+            bar.shard_done(stats)
+    finally:
+        bar.close()
+        if pending:
+            stage.teardown()
+    summary.seconds = time.time() - t0
+    return summary

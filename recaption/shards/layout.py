@@ -1,0 +1,75 @@
+"""Where a stage's outputs live inside its output folder.
+
+::
+
+    OUTPUT/
+      _stage.json                  stage name and the configuration that determines the output
+      part-00000.parquet           data of input shard 0
+      _failures/part-00000.parquet failure manifest rows of shard 0 (errors and warnings)
+      _stats/part-00000.json       written last: shard 0 is complete
+      _<side>/part-00000.<ext>     side outputs of a stage (e.g. per-shard noun counts)
+
+Names starting with ``_`` or ``.`` are ignored by pyarrow/pandas/polars/duckdb dataset discovery,
+so ``pandas.read_parquet(OUTPUT)`` reads the data shards alone. Temporary files are hidden
+(``.part-00000.parquet.tmp-…``) and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from recaption import io
+
+PART_RE = re.compile(r"^part-(\d{5,})\.")
+
+
+def part_name(index: int, ext: str = "parquet") -> str:
+    return f"part-{index:05d}.{ext}"
+
+
+@dataclass(frozen=True)
+class StageDir:
+    """The output folder of one stage."""
+
+    url: str
+
+    def data(self, index: int) -> str:
+        return io.join(self.url, part_name(index))
+
+    def failures(self, index: int) -> str:
+        return io.join(self.url, "_failures", part_name(index))
+
+    def stats(self, index: int) -> str:
+        return io.join(self.url, "_stats", part_name(index, "json"))
+
+    def side(self, name: str, index: int, ext: str = "parquet") -> str:
+        return io.join(self.url, f"_{name}", part_name(index, ext))
+
+    @property
+    def stage_file(self) -> str:
+        return io.join(self.url, "_stage.json")
+
+    def done_indices(self) -> set[int]:
+        """Shards whose stats file exists, i.e. whose outputs were all renamed into place."""
+        out: set[int] = set()
+        for url in io.listdir(io.join(self.url, "_stats")):
+            m = PART_RE.match(io.basename(url))
+            if m and url.endswith(".json") and not io.is_tmp(url):
+                out.add(int(m.group(1)))
+        return out
+
+    def is_done(self, index: int) -> bool:
+        return io.exists(self.stats(index))
+
+    def data_files(self) -> list[str]:
+        return [u for u in io.listdir(self.url) if PART_RE.match(io.basename(u)) and u.endswith(".parquet")]
+
+    def read_stats(self) -> list[dict[str, Any]]:
+        out = []
+        for url in io.listdir(io.join(self.url, "_stats")):
+            if url.endswith(".json") and not io.is_tmp(url):
+                out.append(json.loads(io.read_text(url)))
+        return sorted(out, key=lambda s: int(s.get("shard", 0)))

@@ -1,0 +1,168 @@
+"""Writing one output shard: streamed to a hidden temporary file, renamed when complete.
+
+Commit order is data, then the failure manifest, then side outputs, then the stats file. The
+stats file is the completion marker: a shard without one is redone from the start by a rerun, and
+its temporary files are never mistaken for output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import Any
+
+from recaption import io
+from recaption.readers.base import SEVERITY_WARNING, Failure, InputShard, Sample
+from recaption.shards.layout import StageDir
+from recaption.shards.manifest import failures_table, reason_category
+
+
+def write_parquet_atomic(
+    url: str, table: Any, compression: str = "zstd", metadata: dict | None = None
+) -> int:
+    """Write a table to ``url`` under a temporary name and rename it; returns bytes written."""
+    import pyarrow.parquet as pq
+
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    with io.atomic_open(url, "wb") as f:
+        pq.write_table(table, f, compression=compression)
+        return int(f.tell()) if hasattr(f, "tell") else 0
+
+
+class ShardOutput:
+    """Collects one shard's rows, failures and counters; :meth:`commit` makes them visible."""
+
+    def __init__(
+        self,
+        stage_dir: StageDir,
+        shard: InputShard,
+        schema: Any,
+        *,
+        stage: str,
+        metadata: dict[str, str] | None = None,
+        compression: str = "zstd",
+        row_group_rows: int | None = None,
+    ) -> None:
+        import pyarrow as pa
+
+        self.stage_dir = stage_dir
+        self.shard = shard
+        self.stage = stage
+        md = dict(schema.metadata or {})
+        if metadata:
+            md.update({k.encode(): v.encode() for k, v in metadata.items()})
+        self.schema: pa.Schema = schema.with_metadata(md) if md else schema
+        self.compression = compression
+        self.row_group_rows = row_group_rows
+        self.failures: list[Failure] = []
+        self.counters: Counter[str] = Counter()
+        self.rows = 0
+        self._side: dict[str, tuple[Any, str]] = {}
+        self._tmp: str | None = None
+        self._file: Any = None
+        self._writer: Any = None
+        self._started = time.time()
+
+    # -- rows --------------------------------------------------------------------------------
+    def _open(self) -> None:
+        import fsspec
+        import pyarrow.parquet as pq
+
+        target = self.stage_dir.data(self.shard.index)
+        io.makedirs(self.stage_dir.url)
+        self._tmp = io.tmp_name(target)
+        self._file = fsspec.open(self._tmp, "wb").open()
+        self._writer = pq.ParquetWriter(self._file, self.schema, compression=self.compression)
+
+    def write(self, rows: list[dict[str, Any]] | Any) -> None:
+        """Append rows (a list of dicts, or a ``pyarrow.Table``/``RecordBatch`` with the schema)."""
+        import pyarrow as pa
+
+        if isinstance(rows, list):
+            if not rows:
+                return
+            table = pa.Table.from_pylist(rows, schema=self.schema)
+        elif isinstance(rows, pa.RecordBatch):
+            table = pa.Table.from_batches([rows]).cast(self.schema)
+        else:
+            table = rows.cast(self.schema) if rows.schema != self.schema else rows
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            self._open()
+        self._writer.write_table(table, row_group_size=self.row_group_rows)
+        self.rows += table.num_rows
+
+    # -- failures and counters ---------------------------------------------------------------
+    def fail(self, failure: Failure) -> None:
+        self.failures.append(failure)
+        self.counters[f"{failure.severity}s"] += 1
+
+    def fail_sample(self, sample: Sample, reason: str, severity: str = "error") -> None:
+        self.fail(Failure.for_sample(sample, self.stage, reason, severity))
+
+    def warn_sample(self, sample: Sample, reason: str) -> None:
+        self.fail(Failure.for_sample(sample, self.stage, reason, SEVERITY_WARNING))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def side_output(self, name: str, table: Any) -> None:
+        """A per-shard table written to ``_<name>/part-i.parquet`` at commit."""
+        self._side[name] = (table, "parquet")
+
+    # -- commit --------------------------------------------------------------------------------
+    def commit(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Rename everything into place; the stats file goes last. Returns the stats."""
+        import pyarrow as pa
+
+        if self._writer is None:  # an empty shard still gets a valid, empty data file
+            self._open()
+            self._writer.write_table(pa.Table.from_pylist([], schema=self.schema))
+        self._writer.close()
+        self._file.close()
+        assert self._tmp is not None
+        data_url = self.stage_dir.data(self.shard.index)
+        io.rename(self._tmp, data_url)
+        self._tmp = None
+        write_parquet_atomic(
+            self.stage_dir.failures(self.shard.index), failures_table(self.failures, self.shard.index)
+        )
+        for name, (table, _) in self._side.items():
+            write_parquet_atomic(self.stage_dir.side(name, self.shard.index), table)
+        reasons = Counter(reason_category(f.reason) for f in self.failures if f.severity != SEVERITY_WARNING)
+        stats = {
+            "stage": self.stage,
+            "shard": self.shard.index,
+            "input": self.shard.to_dict()
+            if not self.shard.files
+            else {**self.shard.to_dict(), "files": len(self.shard.files)},
+            "rows": self.rows,
+            "errors": sum(1 for f in self.failures if f.severity != SEVERITY_WARNING),
+            "warnings": sum(1 for f in self.failures if f.severity == SEVERITY_WARNING),
+            "error_reasons": dict(reasons.most_common(20)),
+            "counters": dict(sorted(self.counters.items())),
+            "seconds": round(time.time() - self._started, 3),
+            "data_bytes": io.size(data_url),
+        }
+        if extra:
+            stats.update(extra)
+        io.write_text_atomic(
+            self.stage_dir.stats(self.shard.index), json.dumps(stats, indent=1, sort_keys=True)
+        )
+        return stats
+
+    def abort(self) -> None:
+        """Drop the temporary data file (the shard will be redone)."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if self._file is not None:
+                self._file.close()
+        except Exception:
+            pass
+        if self._tmp:
+            io.remove(self._tmp)
+            self._tmp = None
