@@ -45,6 +45,8 @@ class FolderSource(Source):
     groups: tuple[tuple[str, ...], ...]  # files of each shard (images, or .txt when captions_only)
     captions_only: bool = False
     kind: str = "folder"  # type: ignore[misc]
+    # (dropped file, kept file) for files whose key (path without extension) is already taken
+    duplicates: tuple[tuple[str, str], ...] = ()
 
     @property
     def has_images(self) -> bool:  # type: ignore[override]
@@ -56,6 +58,14 @@ class FolderSource(Source):
     ) -> FolderSource:
         wanted = ("txt",) if captions_only else IMAGE_EXTENSIONS
         main = sorted(f for f in files if _ext(f) in wanted and not io.is_tmp(f))
+        first: dict[str, str] = {}
+        dups = []
+        for f in main:
+            k = _stem(_rel(root, f))
+            if k in first:
+                dups.append((f, first[k]))
+            else:
+                first[k] = f
         # img2dataset "files" output: shard folders 00000/ each with a sibling 00000.parquet.
         top = {_rel(root, f).split("/", 1)[0] for f in main if "/" in _rel(root, f)}
         shard_dirs = sorted(d for d in top if d.isdigit())
@@ -67,9 +77,15 @@ class FolderSource(Source):
                 if d in by_dir:
                     by_dir[d].append(f)
             groups = tuple(tuple(by_dir[d]) for d in shard_dirs)
-            return cls(root=root, groups=groups, captions_only=captions_only, kind="img2dataset-files")
+            return cls(
+                root=root,
+                groups=groups,
+                captions_only=captions_only,
+                kind="img2dataset-files",
+                duplicates=tuple(dups),
+            )
         groups = tuple(tuple(main[i : i + shard_size]) for i in range(0, len(main), shard_size))
-        return cls(root=root, groups=groups, captions_only=captions_only, kind=kind)
+        return cls(root=root, groups=groups, captions_only=captions_only, kind=kind, duplicates=tuple(dups))
 
     def shards(self) -> list[InputShard]:
         return [
@@ -77,20 +93,19 @@ class FolderSource(Source):
         ]
 
     def read_shard(self, shard: InputShard) -> Iterator[Sample | Failure]:
-        seen: dict[str, str] = {}
+        dropped = dict(self.duplicates)
         for url in shard.files:
             rel = _rel(self.root, url)
             key = _stem(rel)
-            if key in seen:
+            if url in dropped:
                 yield Failure(
                     key=key,
                     stage=STAGE,
                     uri=url,
-                    reason=f"duplicate key {key!r}: {posixpath.basename(seen[key])} has the same "
-                    "name without extension; this one was dropped",
+                    reason=f"duplicate key {key!r}: {_rel(self.root, dropped[url])} has the same name "
+                    "without extension; this one was dropped",
                 )
                 continue
-            seen[key] = url
             if not io.exists(url):
                 yield Failure(key=key, stage=STAGE, uri=url, reason=f"file is gone: {url}")
                 continue
