@@ -20,3 +20,16 @@ source_options = SimpleNamespace(
         None, "--text-column", help="Tables: the caption column (default: caption/txt/TEXT/text)."
     ),
 )
+
+run_options = SimpleNamespace(
+    executor=typer.Option(
+        "local", "--executor", help="local: in this process; ray: Ray actors (embedded or --ray-address)."
+    ),
+    ray_address=typer.Option(
+        None,
+        "--ray-address",
+        envvar="RAY_ADDRESS",
+        help="Join this Ray cluster (default: start Ray locally).",
+    ),
+    workers=typer.Option(None, "--workers", help="Ray workers (default: as many as the resources allow)."),
+)

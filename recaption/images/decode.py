@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,13 +154,15 @@ def decode_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
-    draft_min_size: tuple[int, int] | None = None,
+    draft_min_size: tuple[int, int] | Callable[[int, int], tuple[int, int]] | None = None,
 ) -> DecodedImage:
     """Decode bytes into an 8-bit RGB image, or raise :class:`DecodeError`.
 
     ``draft_min_size``: ``(width, height)`` after EXIF orientation that the caller will resize
-    to. For JPEG, the decoder then scales the DCT by 1/2, 1/4 or 1/8 as long as the result still
-    covers that size, so the later resize loses nothing. ``None`` decodes at full size.
+    to, or a function of the original ``(width, height)`` returning it (the size is read from the
+    header first, so the caller need not decode twice). For JPEG, the decoder then scales the DCT
+    by 1/2, 1/4 or 1/8 as long as the result still covers that size, so the later resize loses
+    nothing. ``None`` decodes at full size.
     """
     img = _open(data)
     fmt = str(img.format or "")
@@ -169,7 +172,7 @@ def decode_image(
     orientation = _orientation(img)
     scale = 1
     if draft_min_size is not None and fmt == "JPEG":
-        tw, th = draft_min_size
+        tw, th = draft_min_size(w, h) if callable(draft_min_size) else draft_min_size
         if orientation in _TRANSPOSED_ORIENTATIONS:
             tw, th = th, tw
         raw_w, raw_h = img.size

@@ -1,0 +1,46 @@
+"""``recaption index SOURCE OUTPUT``."""
+
+from __future__ import annotations
+
+import typer
+
+from recaption.cli.app import app, handle_errors, print_json
+from recaption.cli.options import run_options, source_options
+
+
+@app.command("index")
+@handle_errors
+def index_command(
+    source: str = typer.Argument(..., help="Images to index (any layout `recaption inspect` knows)."),
+    output: str = typer.Argument(..., help="Output folder (local path or fsspec URL)."),
+    kind: str = source_options.kind,
+    shard_size: int | None = source_options.shard_size,
+    captions_dir: str | None = source_options.captions_dir,
+    text_column: str | None = source_options.text_column,
+    executor: str = run_options.executor,
+    ray_address: str | None = run_options.ray_address,
+    workers: int | None = run_options.workers,
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+) -> None:
+    """Decode every image once and write part-NNNNN.parquet shards: key, reference, size, raw caption."""
+    from recaption.index import IndexStage
+    from recaption.readers import open_source
+    from recaption.runner import RayOptions, run_stage
+
+    src = open_source(
+        source, kind=kind, shard_size=shard_size, captions_dir=captions_dir, text_column=text_column
+    )
+    summary = run_stage(
+        IndexStage(source=src),
+        output,
+        executor=executor,
+        ray=RayOptions(address=ray_address, num_workers=workers),
+    )
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        from recaption.cli.summary import print_summary
+
+        print_summary(summary)
+    if not summary.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,23 @@
+"""The end-of-run summary people read."""
+
+from __future__ import annotations
+
+from recaption.runner.base import RunSummary
+
+
+def print_summary(summary: RunSummary) -> None:
+    from rich.console import Console
+
+    c = Console(stderr=True)
+    d = summary.to_dict()
+    c.print(
+        f"[bold]{d['stage']}[/]: {d['done_shards']} shard(s) written, {d['skipped_shards']} already done, "
+        f"{len(d['failed_shards'])} failed; {d['rows']} rows, {d['errors']} errors, {d['warnings']} warnings "
+        f"in {d['seconds']:.1f}s ({d['rows_per_second']:.1f} rows/s) → {d['output']}"
+    )
+    for reason, n in list(d["error_reasons"].items())[:10]:
+        c.print(f"  {n:>6} × {reason}")
+    if d["errors"] or d["warnings"]:
+        c.print(f"  failure manifest: {summary.output}/_failures/ (one parquet per shard)")
+    for idx, err in d["failed_shards"].items():
+        c.print(f"  [red]shard {idx} failed[/]: {err}")

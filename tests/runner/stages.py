@@ -1,0 +1,37 @@
+"""Stages for runner tests: the real index stage, with faults injected by marker files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recaption.index import IndexStage
+from recaption.readers.base import InputShard
+from recaption.shards.writer import ShardOutput
+
+
+@dataclass
+class FaultyIndexStage(IndexStage):
+    """Index stage that misbehaves once per marker file present in ``marker_dir``.
+
+    ``raise-<i>``: raise in shard i (a bug);
+    ``die-<i>``: kill the worker process halfway through shard i (a lost node);
+    the marker is removed first, so the retry or the rerun succeeds.
+    """
+
+    marker_dir: str = ""
+
+    def process_shard(self, shard: InputShard, out: ShardOutput) -> dict[str, Any]:
+        d = Path(self.marker_dir)
+        for what in ("raise", "die"):
+            m = d / f"{what}-{shard.index}"
+            if m.exists():
+                m.unlink()
+                # write some rows first, so a half-written temporary file exists when we fail
+                out.write([{"key": "half", "source_kind": "x"}])
+                if what == "raise":
+                    raise RuntimeError(f"injected failure in shard {shard.index}")
+                os._exit(1)
+        return super().process_shard(shard, out)
