@@ -6,7 +6,7 @@ whole shards. Finished shards are skipped; a failed worker's shard is redone fro
 
 from recaption.runner.base import RunSummary, prepare_output, run_shard
 from recaption.runner.local import run_local
-from recaption.runner.ray import RayOptions, run_ray
+from recaption.runner.ray import RayOptions, StageSpec, run_graph_ray, run_ray
 
 
 def run_stage(
@@ -27,4 +27,14 @@ def run_stage(
     raise ConfigError("--executor", executor, ("local", "ray"))
 
 
-__all__ = ["RayOptions", "RunSummary", "prepare_output", "run_local", "run_ray", "run_shard", "run_stage"]
+__all__ = [
+    "RayOptions",
+    "RunSummary",
+    "StageSpec",
+    "prepare_output",
+    "run_graph_ray",
+    "run_local",
+    "run_ray",
+    "run_shard",
+    "run_stage",
+]

@@ -107,6 +107,7 @@ class RunSummary:
     skipped: int = 0
     done: list[dict[str, Any]] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    retries: dict[int, int] = field(default_factory=dict)  # shard -> times its worker died
     seconds: float = 0.0
     started: float = field(default_factory=time.time)
 
@@ -142,6 +143,7 @@ class RunSummary:
             "skipped_shards": self.skipped,
             "done_shards": len(self.done),
             "failed_shards": {str(k): v for k, v in sorted(self.failed.items())},
+            "retried_shards": {str(k): v for k, v in sorted(self.retries.items())},
             "rows": self.rows,
             "errors": self.errors,
             "warnings": self.warnings,

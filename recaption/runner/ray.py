@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,7 @@ from recaption.errors import ConfigError, RecaptionError
 from recaption.readers.base import InputShard
 from recaption.runner.base import RunSummary, log, prepare_output, run_shard
 from recaption.runner.progress import Progress
-from recaption.stage import Stage
+from recaption.stage import Resources, Stage
 
 
 @dataclass
@@ -83,12 +82,38 @@ def ensure_ray(options: RayOptions) -> bool:
     return True
 
 
-def _worker_count(stage: Stage, options: RayOptions, pending: int) -> tuple[int, dict[str, float]]:
-    import ray
+@dataclass
+class StageSpec:
+    """One stage of a run: where it writes, what it waits for, and how many workers it gets.
 
-    res = stage.resources()
-    cluster = ray.cluster_resources()
-    actor_res = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
+    ``after``: the index (in the spec list) of the stage whose shard ``i`` must be committed
+    before this stage's shard ``i`` starts; this is how a pipeline streams shard by shard.
+    """
+
+    stage: Stage
+    output: str
+    after: int | None = None
+    num_workers: int | None = None
+    resources: Resources | None = None  # e.g. fractional GPUs when two stages share one GPU
+
+
+@dataclass
+class _State:
+    spec: StageSpec
+    shards: dict[int, InputShard]
+    pending: list[int]
+    done: set[int]
+    summary: RunSummary
+    bar: Progress
+    actors: list[Any] = field(default_factory=list)
+    idle: list[Any] = field(default_factory=list)
+    starting: int = 0
+    running: int = 0
+    setup_failures: int = 0
+    finished: bool = False
+
+
+def _capacity(res: Resources, cluster: dict[str, float], name: str) -> int:
     if res.num_gpus > 0:
         gpus = cluster.get("GPU", 0.0)
         if gpus < res.num_gpus:
@@ -96,111 +121,201 @@ def _worker_count(stage: Stage, options: RayOptions, pending: int) -> tuple[int,
                 "--device",
                 "cuda",
                 "cpu (this Ray cluster has no GPU)",
-                hint=f"stage {stage.name} asks {res.num_gpus} GPU per worker; the cluster has {gpus:g}",
+                hint=f"stage {name} asks {res.num_gpus:g} GPU per worker; the cluster has {gpus:g}",
             )
-        cap = int(gpus // res.num_gpus)
-    else:
-        cap = max(1, int(cluster.get("CPU", 1.0) // max(res.num_cpus, 1e-3)))
-    n = options.num_workers or cap
-    if options.num_workers is not None and options.num_workers < 1:
-        raise ConfigError("--workers", options.num_workers, "a positive number of workers")
-    return max(1, min(n, pending)), actor_res
+        return max(1, int(gpus // res.num_gpus))
+    return max(1, int(cluster.get("CPU", 1.0) // max(res.num_cpus, 1e-3)))
 
 
-def run_ray(stage: Stage, output: str, options: RayOptions, *, progress: bool | None = None) -> RunSummary:
-    """Process every unfinished shard of ``stage`` on Ray actors."""
-    shards = stage.shards()
-    sd = prepare_output(stage, output, shards)
-    done = sd.done_indices()
-    pending = deque(s for s in shards if s.index not in done)
-    summary = RunSummary(
-        stage=stage.name, output=output, total_shards=len(shards), skipped=len(shards) - len(pending)
-    )
+def run_graph_ray(
+    specs: list[StageSpec], options: RayOptions, *, progress: bool | None = None
+) -> list[RunSummary]:
+    """Run several stages at once on Ray; stage B's shard i starts as soon as its upstream shard i is done.
+
+    Returns one :class:`RunSummary` per spec. A shard whose upstream shard failed is reported as
+    failed ("upstream shard failed") and not attempted.
+    """
     t0 = time.time()
-    if not pending:
-        summary.seconds = time.time() - t0
-        return summary
+    states: list[_State] = []
+    for spec in specs:
+        shards = spec.stage.shards()
+        sd = prepare_output(spec.stage, spec.output, shards)
+        done = sd.done_indices() & {s.index for s in shards}
+        summary = RunSummary(
+            stage=spec.stage.name, output=spec.output, total_shards=len(shards), skipped=len(done)
+        )
+        states.append(
+            _State(
+                spec=spec,
+                shards={s.index: s for s in shards},
+                pending=[s.index for s in shards if s.index not in done],
+                done=set(done),
+                summary=summary,
+                bar=Progress(spec.stage.name, len(shards), len(done), progress),
+            )
+        )
+    if not any(st.pending for st in states):
+        for st in states:
+            st.bar.close()
+            st.summary.seconds = time.time() - t0
+        return [st.summary for st in states]
 
     import ray
-    from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+    from ray.exceptions import RayActorError, RayError, RayTaskError
 
     started = ensure_ray(options)
-    n_workers, actor_res = _worker_count(stage, options, len(pending))
+    cluster = ray.cluster_resources()
     remote_cls = ray.remote(StageWorker)
-    bar = Progress(stage.name, len(shards), summary.skipped, progress)
-    attempts: dict[int, int] = {}
-    actors: list[Any] = []
+    # ref -> (kind, state index, actor, shard index)
+    waiting: dict[Any, tuple[str, int, Any, int]] = {}
 
-    def new_actor() -> Any:
-        # Setting up is retried for dead workers only: an exception from setup() is the user's
-        # configuration and is raised at once.
-        last: Exception | None = None
-        for _ in range(options.max_retries + 1):
-            actor = remote_cls.options(max_restarts=0, **actor_res).remote(stage)  # type: ignore[attr-defined]
-            try:
-                info = ray.get(actor.setup.remote())
-                log.info("[%s] worker ready on %s (pid %s)", stage.name, info["host"], info["pid"])
-                return actor
-            except RayTaskError as e:
-                ray.kill(actor)
-                cause = e.cause if getattr(e, "cause", None) is not None else e
-                raise cause from None
-            except RayActorError as e:
-                last = e
-                log.warning("[%s] a worker died while setting up; starting another: %s", stage.name, e)
-        raise RecaptionError(f"could not start a {stage.name} worker: {last}")
+    def resources(st: _State) -> Resources:
+        return st.spec.resources or st.spec.stage.resources()
+
+    def wanted_workers(st: _State, ready: int) -> int:
+        cap = (
+            st.spec.num_workers
+            or options.num_workers
+            or _capacity(resources(st), cluster, st.spec.stage.name)
+        )
+        if cap < 1:
+            raise ConfigError("--workers", cap, "a positive number of workers")
+        return min(cap, ready + st.running)
+
+    def start_actor(i: int) -> None:
+        st = states[i]
+        res = resources(st)
+        kw: dict[str, Any] = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
+        if res.memory_bytes:
+            kw["memory"] = res.memory_bytes
+        actor = remote_cls.options(max_restarts=0, **kw).remote(st.spec.stage)  # type: ignore[attr-defined]
+        st.actors.append(actor)
+        st.starting += 1
+        waiting[actor.setup.remote()] = ("setup", i, actor, -1)
+
+    def upstream_state(i: int, idx: int) -> str:
+        after = states[i].spec.after
+        if after is None:
+            return "ready"
+        up = states[after]
+        if idx in up.done:
+            return "ready"
+        if idx in up.summary.failed or idx not in up.shards:
+            return "failed"
+        return "wait"
+
+    def retire(i: int) -> None:
+        st = states[i]
+        if st.finished or st.pending or st.running:
+            return
+        after = st.spec.after
+        if after is not None and not states[after].finished:
+            return
+        st.finished = True
+        for a in st.actors:
+            with contextlib.suppress(Exception):
+                ray.get(a.teardown.remote(), timeout=60)
+            with contextlib.suppress(Exception):
+                ray.kill(a)
+        st.actors.clear()
+        st.idle.clear()
+        st.bar.close()
+        st.summary.seconds = time.time() - t0
+
+    def dispatch() -> None:
+        for i, st in enumerate(states):
+            ready = []
+            for idx in list(st.pending):
+                up = upstream_state(i, idx)
+                if up == "failed":
+                    st.pending.remove(idx)
+                    st.summary.failed[idx] = "upstream shard failed; not attempted"
+                elif up == "ready":
+                    ready.append(idx)
+            while st.idle and ready:
+                actor, idx = st.idle.pop(), ready.pop(0)
+                st.pending.remove(idx)
+                st.running += 1
+                ref = actor.process.remote(st.shards[idx].to_dict(), st.spec.output)
+                waiting[ref] = ("shard", i, actor, idx)
+            want = wanted_workers(st, len(ready))
+            while len(st.actors) < want:
+                start_actor(i)
+            retire(i)
 
     try:
-        actors = [new_actor() for _ in range(n_workers)]
-        idle = list(actors)
-        in_flight: dict[Any, tuple[Any, InputShard]] = {}
-        while pending or in_flight:
-            while idle and pending:
-                actor, shard = idle.pop(), pending.popleft()
-                in_flight[actor.process.remote(shard.to_dict(), output)] = (actor, shard)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in ready:
-                actor, shard = in_flight.pop(ref)
+        dispatch()
+        while waiting:
+            ready_refs, _ = ray.wait(list(waiting), num_returns=1)
+            for ref in ready_refs:
+                kind, i, actor, idx = waiting.pop(ref)
+                st = states[i]
+                name = st.spec.stage.name
+                if kind == "setup":
+                    st.starting -= 1
+                    try:
+                        info = ray.get(ref)
+                        log.info("[%s] worker ready on %s (pid %s)", name, info["host"], info["pid"])
+                        st.idle.append(actor)
+                    except RayTaskError as e:
+                        # The stage's own setup raised: a configuration problem; retrying won't help.
+                        cause = e.cause if getattr(e, "cause", None) is not None else e
+                        raise cause from None
+                    except RayError as e:
+                        st.actors.remove(actor)
+                        st.setup_failures += 1
+                        log.warning("[%s] a worker died while setting up: %s", name, type(e).__name__)
+                        if st.setup_failures > options.max_retries * max(1, len(st.shards)):
+                            raise RecaptionError(f"could not start a {name} worker: {e}") from None
+                    continue
+                st.running -= 1
                 try:
                     stats = ray.get(ref)
                 except RayTaskError as e:
                     cause = getattr(e, "cause", None) or e
-                    summary.failed[shard.index] = f"{type(cause).__name__}: {cause}"
-                    bar.shard_failed(shard.index, summary.failed[shard.index])
-                    idle.append(actor)
-                    continue
-                except (RayActorError, GetTimeoutError, RayError) as e:
-                    attempts[shard.index] = attempts.get(shard.index, 0) + 1
+                    st.summary.failed[idx] = f"{type(cause).__name__}: {cause}"
+                    st.bar.shard_failed(idx, st.summary.failed[idx])
+                    st.idle.append(actor)
+                except (RayActorError, RayError) as e:
+                    attempts = st.summary.retries.get(idx, 0) + 1
+                    st.summary.retries[idx] = attempts
                     log.warning(
                         "[%s] worker died during shard %d (attempt %d): %s",
-                        stage.name,
-                        shard.index,
-                        attempts[shard.index],
+                        name,
+                        idx,
+                        attempts,
                         type(e).__name__,
                     )
-                    actors.remove(actor)
-                    if attempts[shard.index] <= options.max_retries:
-                        pending.appendleft(shard)
+                    if actor in st.actors:
+                        st.actors.remove(actor)
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
+                    if attempts <= options.max_retries:
+                        st.pending.insert(0, idx)
                     else:
-                        summary.failed[shard.index] = f"worker died {attempts[shard.index]} times: {e}"
-                        bar.shard_failed(shard.index, summary.failed[shard.index])
-                    if pending:
-                        replacement = new_actor()
-                        actors.append(replacement)
-                        idle.append(replacement)
-                    continue
-                summary.done.append(stats)
-                bar.shard_done(stats)
-                idle.append(actor)
-        for a in actors:
-            with contextlib.suppress(Exception):
-                ray.get(a.teardown.remote(), timeout=60)
+                        st.summary.failed[idx] = f"worker died {attempts} times; last: {e}"
+                        st.bar.shard_failed(idx, st.summary.failed[idx])
+                else:
+                    st.done.add(idx)
+                    st.summary.done.append(stats)
+                    st.bar.shard_done(stats)
+                    st.idle.append(actor)
+            dispatch()
+        for i in range(len(states)):
+            retire(i)
     finally:
-        bar.close()
-        for a in actors:
-            with contextlib.suppress(Exception):
-                ray.kill(a)
+        for st in states:
+            st.bar.close()
+            for a in st.actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(a)
+            if not st.summary.seconds:
+                st.summary.seconds = time.time() - t0
         if started:
             ray.shutdown()
-    summary.seconds = time.time() - t0
-    return summary
+    return [st.summary for st in states]
+
+
+def run_ray(stage: Stage, output: str, options: RayOptions, *, progress: bool | None = None) -> RunSummary:
+    """Process every unfinished shard of ``stage`` on Ray actors."""
+    return run_graph_ray([StageSpec(stage=stage, output=output)], options, progress=progress)[0]
