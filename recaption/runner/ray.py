@@ -212,6 +212,10 @@ def run_graph_ray(
         if after is not None and not states[after].finished:
             return
         st.finished = True
+        # Workers still starting (waiting for resources, say) are no longer needed.
+        for ref, (kind, j, _, _) in list(waiting.items()):
+            if kind == "setup" and j == i:
+                del waiting[ref]
         for a in st.actors:
             with contextlib.suppress(Exception):
                 ray.get(a.teardown.remote(), timeout=60)

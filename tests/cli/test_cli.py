@@ -146,3 +146,23 @@ def test_index_command_then_rerun_skips(tmp_path: Path):
 @pytest.mark.parametrize("cmd", ["inspect", "index"])
 def test_subcommand_help(cmd: str):
     assert invoke(cmd, "--help").exit_code == 0
+
+
+def test_status_reports_progress_and_in_flight_shards(tmp_path: Path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(5):
+        (d / f"{i}.jpg").write_bytes(image_bytes(seed=i))
+    (d / "bad.jpg").write_bytes(b"")
+    out = tmp_path / "idx"
+    invoke("index", str(d), str(out), "--shard-size", "2")
+    (out / "_stats" / "part-00002.json").unlink()  # as if shard 2 were still being written
+    (out / ".part-00002.parquet.tmp-0123456789ab").write_bytes(b"")
+    r = invoke("status", str(out), "--json")
+    s = json.loads(r.output)["stages"][0]
+    assert (s["stage"], s["shards_total"], s["shards_done"], s["shards_in_progress"]) == ("index", 3, 2, [2])
+    assert not s["complete"]
+    assert s["errors"] == 1
+    assert invoke("status", str(out)).exit_code == 0
+    r = runner.invoke(app, ["status", str(tmp_path / "nothing")])
+    assert r.exit_code == 2

@@ -1,0 +1,64 @@
+"""How far a run got, read from its output folder alone (also while it is running).
+
+Works on one stage's folder (it has ``_stage.json``) or on a pipeline folder whose sub-folders are
+stage folders.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from recaption import io
+from recaption.errors import SourceError
+from recaption.shards.layout import PART_RE, StageDir
+
+
+def stage_status(url: str) -> dict[str, Any]:
+    """Shards done, rows, errors and warnings of one stage folder."""
+    sd = StageDir(url)
+    record = json.loads(io.read_text(sd.stage_file))
+    stats = sd.read_stats()
+    reasons: Counter[str] = Counter()
+    for s in stats:
+        reasons.update({k: int(v) for k, v in (s.get("error_reasons") or {}).items()})
+    in_progress = sorted(
+        {
+            int(m.group(1))
+            for u in io.listdir(url)
+            if io.is_tmp(u) and (m := PART_RE.match(io.basename(u).lstrip(".")))
+        }
+    )
+    total = int(record.get("shards", 0))
+    return {
+        "stage": record.get("stage"),
+        "output": url,
+        "shards_total": total,
+        "shards_done": len(stats),
+        "shards_in_progress": in_progress,
+        "complete": total > 0 and len(stats) >= total,
+        "rows": sum(int(s.get("rows", 0)) for s in stats),
+        "errors": sum(int(s.get("errors", 0)) for s in stats),
+        "warnings": sum(int(s.get("warnings", 0)) for s in stats),
+        "error_reasons": dict(reasons.most_common(10)),
+        "seconds_in_shards": round(sum(float(s.get("seconds", 0.0)) for s in stats), 1),
+    }
+
+
+def run_status(url: str) -> dict[str, Any]:
+    """Status of a stage folder, or of every stage folder directly under a pipeline folder."""
+    if io.exists(StageDir(url).stage_file):
+        return {"output": url, "stages": [stage_status(url)]}
+    if not io.exists(url):
+        raise SourceError(url, "does not exist")
+    stages = [stage_status(sub) for sub in io.listdir(url) if io.exists(StageDir(sub).stage_file)]
+    if not stages:
+        raise SourceError(url, "holds no recaption output", ["_stage.json in it or in its sub-folders"])
+    order = {"caption": 0, "index": 0, "nouns": 1, "encode": 2}
+    stages.sort(key=lambda s: (order.get(str(s["stage"]), 9), str(s["output"])))
+    out: dict[str, Any] = {"output": url, "stages": stages}
+    summary = io.join(url, "summary.json")
+    if io.exists(summary):
+        out["summary"] = json.loads(io.read_text(summary))
+    return out
