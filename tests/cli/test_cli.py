@@ -156,11 +156,11 @@ def test_status_reports_progress_and_in_flight_shards(tmp_path: Path):
     (d / "bad.jpg").write_bytes(b"")
     out = tmp_path / "idx"
     invoke("index", str(d), str(out), "--shard-size", "2")
-    (out / "_stats" / "part-00002.json").unlink()  # as if shard 2 were still being written
-    (out / ".part-00002.parquet.tmp-0123456789ab").write_bytes(b"")
+    (out / "_stats" / "part-00001.json").unlink()  # as if shard 1 were still being written
+    (out / ".part-00001.parquet.tmp-0123456789ab").write_bytes(b"")
     r = invoke("status", str(out), "--json")
     s = json.loads(r.output)["stages"][0]
-    assert (s["stage"], s["shards_total"], s["shards_done"], s["shards_in_progress"]) == ("index", 3, 2, [2])
+    assert (s["stage"], s["shards_total"], s["shards_done"], s["shards_in_progress"]) == ("index", 3, 2, [1])
     assert not s["complete"]
     assert s["errors"] == 1
     assert invoke("status", str(out)).exit_code == 0
