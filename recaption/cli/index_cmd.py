@@ -17,6 +17,7 @@ def index_command(
     shard_size: int | None = source_options.shard_size,
     captions_dir: str | None = source_options.captions_dir,
     text_column: str | None = source_options.text_column,
+    max_pixels: int = source_options.max_pixels,
     executor: str = run_options.executor,
     ray_address: str | None = run_options.ray_address,
     workers: int | None = run_options.workers,
@@ -31,7 +32,7 @@ def index_command(
         source, kind=kind, shard_size=shard_size, captions_dir=captions_dir, text_column=text_column
     )
     summary = run_stage(
-        IndexStage(source=src),
+        IndexStage(source=src, max_pixels=max_pixels),
         output,
         executor=executor,
         ray=RayOptions(address=ray_address, num_workers=workers),

@@ -20,6 +20,7 @@ def inspect_command(
     shard_size: int | None = source_options.shard_size,
     captions_dir: str | None = source_options.captions_dir,
     text_column: str | None = source_options.text_column,
+    max_pixels: int = source_options.max_pixels,
     limit: int | None = typer.Option(None, "--limit", "-n", help="Read at most this many samples."),
     no_decode: bool = typer.Option(
         False, "--no-decode", help="Read image headers only (faster; misses truncation)."
@@ -33,7 +34,7 @@ def inspect_command(
     src = open_source(
         source, kind=kind, shard_size=shard_size, captions_dir=captions_dir, text_column=text_column
     )
-    report = inspect_source(src, InspectOptions(limit=limit, decode=not no_decode))
+    report = inspect_source(src, InspectOptions(limit=limit, decode=not no_decode, max_pixels=max_pixels))
     if as_json:
         print_json(report)
     else:

@@ -94,6 +94,16 @@ def test_inspect_plain_folder_with_bad_files(tmp_path: Path):
     assert any("beyond PixArt" in f["reason"] for f in r["failures"])
 
 
+def test_inspect_pixel_cap(tmp_path: Path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    (d / "small.png").write_bytes(image_bytes(100, 100, fmt="PNG"))
+    (d / "huge.png").write_bytes(image_bytes(1200, 1000, fmt="PNG"))
+    r = _inspect(d, "--max-pixels", "1000000")
+    assert r["samples_ok"] == 1
+    assert "over the pixel cap" in r["failures"][0]["reason"]
+
+
 def test_inspect_real_sam_photos_and_limit():
     d = shared("sam")
     r = _inspect(d, "--limit", "2")
