@@ -19,6 +19,11 @@ source_options = SimpleNamespace(
     text_column=typer.Option(
         None, "--text-column", help="Tables: the caption column (default: caption/txt/TEXT/text)."
     ),
+    max_pixels=typer.Option(
+        64 * 1024 * 1024,
+        "--max-pixels",
+        help="Refuse images with more pixels than this, before decoding (decompression bombs).",
+    ),
 )
 
 run_options = SimpleNamespace(
