@@ -1,0 +1,135 @@
+"""A real multi-node Ray cluster on this machine (loopback), for tests.
+
+Two ``ray start`` nodes (a head and a worker), each in its own process group so that one node can
+be killed alone (``kill_worker``), with token authentication as Ray ≥ 2.59 expects. Never calls
+``ray stop``, which would stop every Ray instance on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalCluster:
+    def __init__(self, tmp: Path, head_cpus: int = 1, worker_cpus: int = 1) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.dashboard_port = free_port()
+        self.env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        }
+        self.env.pop("RAY_ADDRESS", None)
+        self.head_cpus, self.worker_cpus = head_cpus, worker_cpus
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killable alone
+        )
+
+    def start(self, timeout: float = 90) -> LocalCluster:
+        self._start(
+            "head",
+            [
+                "--head",
+                f"--port={self.port}",
+                f"--num-cpus={self.head_cpus}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                "--include-dashboard=true",
+            ],
+        )
+        self.wait_nodes(1, timeout)
+        self.start_worker()
+        self.wait_nodes(2, timeout)
+        return self
+
+    def start_worker(self) -> None:
+        self._start("worker", [f"--address={self.address}", f"--num-cpus={self.worker_cpus}"])
+
+    def alive_nodes(self) -> int:
+        code = (
+            f"import ray; ray.init(address='{self.address}', log_to_driver=False, logging_level='ERROR');"
+            "print(sum(1 for n in ray.nodes() if n['Alive']))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            check=False,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        try:
+            return int(out.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return 0
+
+    def wait_nodes(self, n: int, timeout: float) -> None:
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.alive_nodes() >= n:
+                return
+            time.sleep(1)
+        logs = {p.name: p.read_text()[-2000:] for p in self.tmp.glob("*.log")}
+        raise RuntimeError(f"Ray cluster did not reach {n} nodes in {timeout}s; logs: {logs}")
+
+    def kill_worker(self) -> None:
+        p = self.procs.pop("worker")
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+    def submit(self, entrypoint: list[str], working_dir: Path, wait: bool = True) -> subprocess.Popen:
+        cmd = [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            f"--address={self.dashboard}",
+            f"--working-dir={working_dir}",
+            "--",
+            *entrypoint,
+        ]
+        log = open(self.tmp / f"job-{len(list(self.tmp.glob('job-*')))}.log", "w")  # noqa: SIM115
+        p = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        if wait:
+            p.wait(timeout=600)
+        return p
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        self.procs.clear()
