@@ -111,13 +111,16 @@ class LocalCluster:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
 
-    def submit(self, entrypoint: list[str], working_dir: Path, wait: bool = True) -> subprocess.Popen:
+    def submit(
+        self, entrypoint: list[str], working_dir: Path, wait: bool = True, submission_id: str | None = None
+    ) -> subprocess.Popen:
         cmd = [
             str(BIN / "ray"),
             "job",
             "submit",
             f"--address={self.dashboard}",
             f"--working-dir={working_dir}",
+            *([f"--submission-id={submission_id}"] if submission_id else []),
             "--",
             *entrypoint,
         ]
@@ -126,6 +129,16 @@ class LocalCluster:
         if wait:
             p.wait(timeout=600)
         return p
+
+    def stop_job(self, submission_id: str) -> None:
+        """Stop a job's driver (what a pre-empted or killed driver looks like to the cluster)."""
+        subprocess.run(
+            [str(BIN / "ray"), "job", "stop", f"--address={self.dashboard}", submission_id],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def stop(self) -> None:
         for p in self.procs.values():

@@ -5,6 +5,7 @@ python tests/cluster/slow_index_job.py SOURCE OUTPUT SECONDS_PER_SAMPLE
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -30,5 +31,5 @@ if __name__ == "__main__":
     src, out, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
     stage = SlowIndexStage(source=open_source(src, shard_size=2), delay=delay)
     summary = run_ray(stage, out, RayOptions(num_workers=2, max_retries=5), progress=False)
-    print("SUMMARY", summary.to_dict())
+    print("SUMMARY", json.dumps(summary.to_dict()))
     sys.exit(0 if summary.ok else 1)

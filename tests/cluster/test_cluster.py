@@ -20,10 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def cluster(tmp_path: Path):
-    c = LocalCluster(tmp_path / "ray-logs-root")
-    c.tmp.mkdir()
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    c = LocalCluster(tmp_path_factory.mktemp("ray-cluster"))
     c.start()
     yield c
     c.stop()
@@ -58,9 +57,39 @@ def test_killing_a_worker_node_mid_run_loses_nothing(cluster: LocalCluster, tmp_
         time.sleep(0.3)
     assert len(list((out / "_stats").glob("*.json"))) >= 2, "job made no progress"
     cluster.kill_worker()
-    assert job.wait(timeout=300) == 0, (tmp_path / "ray-logs-root").joinpath("job-0.log").read_text()[-3000:]
-    log = (tmp_path / "ray-logs-root" / "job-0.log").read_text()
-    summary = json.loads(log.split("SUMMARY ", 1)[1].splitlines()[0].replace("'", '"'))
+    log_file = sorted(cluster.tmp.glob("job-*.log"))[-1]
+    assert job.wait(timeout=300) == 0, log_file.read_text()[-3000:]
+    cluster.start_worker()  # back to two nodes for the next test
+    log = log_file.read_text()
+    summary = json.loads(log.split("SUMMARY ", 1)[1].splitlines()[0])
     assert summary["failed_shards"] == {}
     assert summary["retried_shards"], "the killed node's shard should have been redone"
     assert _parts(out) == _parts(ref)
+
+
+def test_killing_the_driver_and_resubmitting_resumes(cluster: LocalCluster, tmp_path: Path):
+    cluster.wait_nodes(2, 90)
+    src = _images(tmp_path / "imgs", 16)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    from recaption.index import IndexStage
+    from recaption.readers import open_source
+    from recaption.runner import run_local
+
+    run_local(IndexStage(source=open_source(str(src), shard_size=2)), str(ref), progress=False)
+    entry = [sys.executable, "tests/cluster/slow_index_job.py", str(src), str(out), "0.6"]
+    cluster.submit(entry, ROOT, wait=False, submission_id="recaption-driver-kill-1")
+    t0 = time.time()
+    while len(list((out / "_stats").glob("*.json"))) < 2 and time.time() - t0 < 120:
+        time.sleep(0.3)
+    cluster.stop_job("recaption-driver-kill-1")
+    done_before = {p.name: p.stat().st_mtime_ns for p in (out / "_stats").glob("*.json")}
+    assert 2 <= len(done_before) < 8
+    second = cluster.submit(entry, ROOT, wait=True, submission_id="recaption-driver-kill-2")
+    assert second.returncode == 0
+    log = sorted(cluster.tmp.glob("job-*.log"))[-1].read_text()
+    summary = json.loads(log.split("SUMMARY ", 1)[1].splitlines()[0])
+    assert summary["skipped_shards"] >= len(done_before)
+    # finished shards were not redone, and the result equals an uninterrupted run
+    assert {n: (out / "_stats" / n).stat().st_mtime_ns for n in done_before} == done_before
+    assert _parts(out) == _parts(ref)
+    assert not list(out.glob(".*tmp*"))
