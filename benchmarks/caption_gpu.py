@@ -9,7 +9,8 @@ same work. Measured in one run, on one card:
 - plain ``model.generate`` at batch 1 and at batch 64 (inputs already preprocessed and on the GPU:
   the baseline pays for generation only);
 - the Captioner end to end from image files (decode, pixel cap, chat template and processor on CPU
-  threads, overlapped with generation) for each variant in ``--variants``: ``NAME:cache:batch[:compile]``.
+  threads, overlapped with generation) for each variant in ``--variants``: ``NAME:cache:batch[:compile]``
+  (batch 0: the Captioner's automatic batch size from free GPU memory).
 
 Prints a table of images/s and the ratio to plain batch 64, and writes it as JSON (``--json``).
 
@@ -44,6 +45,7 @@ DEFAULT_VARIANTS = (
     "dynamic-b128:dynamic:128",
     "static-b64:static:64",
     "static-b128:static:128",
+    "static-auto:static:0",
     "static-b128-compile:static:128:compile",
 )
 
@@ -229,11 +231,11 @@ def time_captioner(
     files: list[Path],
     variant: dict,
     *,
-    n_images: int,
+    n_batches: int,
     new_tokens: int,
     device: str,
 ) -> dict:
-    """The Captioner end to end from image files, after a warm-up batch."""
+    """The Captioner end to end from image files, after a warm-up batch. ``batch`` 0: automatic."""
     cfg = CaptionerConfig(
         model="bench",
         device=device,
@@ -244,16 +246,17 @@ def time_captioner(
         compile=variant["compile"],
         prefetch_workers=variant.get("workers", 8),
     )
-    warm_cfg = dataclasses.replace(cfg, max_new_tokens=4, min_new_tokens=4)
-    warm = Captioner.from_model(model, processor, warm_cfg, model_id="bench")
     cap = Captioner.from_model(model, processor, cfg, model_id="bench")
+    batch = cap.batch_size  # resolved when batch_size is 0
+    warm_cfg = dataclasses.replace(cfg, max_new_tokens=4, min_new_tokens=4, batch_size=batch)
+    warm = Captioner.from_model(model, processor, warm_cfg, model_id="bench")
 
     def load(path: Path) -> tuple[Any, str]:
         return cap.decode(path.read_bytes()).image, SAM_PROMPT
 
-    items = [files[i % len(files)] for i in range(n_images)]
+    items = [files[i % len(files)] for i in range(batch * n_batches)]
     t0 = time.perf_counter()
-    for _ in warm.caption_stream(items[: cfg.batch_size], load):
+    for _ in warm.caption_stream(items[:batch], load):
         pass
     sync(device)
     warm_s = time.perf_counter() - t0
@@ -263,6 +266,7 @@ def time_captioner(
     elapsed = time.perf_counter() - t0
     errors = [r.error for r in results if r.error]
     return {
+        "batch": batch,
         "images": len(results),
         "seconds": elapsed,
         "images_per_s": len(results) / elapsed,
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     b1_images = args.b1_images or (2 if args.quick else 3)
     variants = [parse_variant(v) for v in (args.variants or DEFAULT_VARIANTS)]
     if args.tiny:  # small batches keep the dry run short; the code paths are the same
-        variants = [{**v, "batch": max(2, v["batch"] // 16), "compile": False} for v in variants]
+        variants = [{**v, "batch": v["batch"] // 16, "compile": False} for v in variants]
     plain_batch = 4 if args.tiny else 64
     folder = args.images or default_images_dir()
     files = list_files(folder) if folder.is_dir() else []
@@ -390,13 +394,15 @@ def main(argv: list[str] | None = None) -> int:
             report["notes"].append(f"skipped {v['name']}: time budget of {args.budget_s:.0f}s spent")
             print(f"# skipped {v['name']} (budget)", flush=True)
             continue
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         try:
             row = time_captioner(
                 model,
                 processor,
                 files,
                 v,
-                n_images=v["batch"] * n_batches,
+                n_batches=n_batches,
                 new_tokens=new_tokens,
                 device=device,
             )
@@ -409,7 +415,6 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cuda":
             torch.cuda.empty_cache()
             report.setdefault("peak_memory_gib", {})[v["name"]] = torch.cuda.max_memory_allocated() / 2**30
-            torch.cuda.reset_peak_memory_stats()
 
     base = next((r for r in report["rows"] if r["name"] == f"plain-b{plain_batch}"), None)
     print()

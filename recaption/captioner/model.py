@@ -588,9 +588,18 @@ class Captioner:
                 [SeededSampler(seeds, length, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)]
             )
         with torch.inference_mode():
-            on_device = inputs.to(self.device, non_blocking=True)
-            if "pixel_values" in on_device:
-                on_device["pixel_values"] = on_device["pixel_values"].to(self.model.dtype)
+            # A new dict: BatchFeature.to() would move the caller's tensors in place, and a batch kept
+            # for an out-of-memory retry must not pin GPU memory. Float inputs take the model's dtype.
+            on_device = {
+                k: (
+                    v.to(self.device, dtype=self.model.dtype, non_blocking=True)
+                    if torch.is_floating_point(v)
+                    else v.to(self.device, non_blocking=True)
+                )
+                if isinstance(v, torch.Tensor)
+                else v
+                for k, v in inputs.items()
+            }
             out = self.model.generate(
                 **on_device, generation_config=self.generation_config(length), logits_processor=processors
             )

@@ -21,7 +21,7 @@ def test_caption_gpu_runs_on_the_tiny_model(tmp_path, capsys):
     report = json.loads(out.read_text())
     names = [r["name"] for r in report["rows"]]
     assert names[:2] == ["plain-b1", "plain-b4"]
-    assert len(names) == 2 + 4
+    assert len(names) == 2 + 5
     for row in report["rows"]:
         assert "error" not in row, row
         assert row["images_per_s"] > 0
