@@ -70,7 +70,7 @@ def llava15_7b_config(image_token_id: int, pad_token_id: int, bos: int, eos: int
         hidden_act="quick_gelu",
         layer_norm_eps=1e-5,
     )
-    text = LlamaConfig(  # lmsys/vicuna-7b-v1.5
+    text = LlamaConfig(  # type: ignore[call-arg]  # lmsys/vicuna-7b-v1.5
         vocab_size=32064,
         hidden_size=4096,
         intermediate_size=11008,
@@ -86,7 +86,7 @@ def llava15_7b_config(image_token_id: int, pad_token_id: int, bos: int, eos: int
         eos_token_id=eos,
         pad_token_id=pad_token_id,
     )
-    return LlavaConfig(
+    return LlavaConfig(  # type: ignore[call-arg]
         vision_config=vision,
         text_config=text,
         image_token_id=image_token_id,
@@ -135,7 +135,8 @@ def build_model(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
 
         folder = build_tiny_llava(Path(tempfile.mkdtemp(prefix="tiny-llava-")) / "model", image_size=28)
         processor = AutoProcessor.from_pretrained(folder)
-        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+        model = model.to(device).eval()  # type: ignore[arg-type]
         return model, processor, "tiny-llava (random)"
     processor = llava15_processor()
     tok = processor.tokenizer

@@ -410,6 +410,7 @@ class Captioner:
                 "and a chat template",
                 hint=f"its processor ({type(processor).__name__}) lacks: {', '.join(missing)}",
             )
+        assert tokenizer is not None  # checked above
         tokenizer.padding_side = "left"  # decoder-only batched generation pads on the left
         from transformers import GenerationConfig
 

@@ -99,4 +99,4 @@ class SeededSampler(LogitsProcessor):
             drop = drop_sorted.scatter(-1, order, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
         seeds = self.seeds.to(logits.device)
-        return logits + gumbel_noise(seeds, step, vocab)
+        return logits + gumbel_noise(seeds, step, vocab)  # type: ignore[return-value]

@@ -131,7 +131,7 @@ def build_tiny_llava(
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    config = LlavaConfig(
+    config = LlavaConfig(  # type: ignore[call-arg]  # image_token_id: transformers 5's name
         vision_config=CLIPVisionConfig(
             hidden_size=32,
             intermediate_size=64,
