@@ -1,0 +1,442 @@
+"""Captioning throughput on one GPU: the project's Captioner against plain ``model.generate``.
+
+The model is LLaVA-1.5-7B's exact architecture (CLIP ViT-L/14-336 + Vicuna-7B, 7.06B parameters)
+with random weights, built in bf16 directly on the GPU: nothing is downloaded. Inputs are real
+photos (``../shared/data/web_pairs/images`` or ``--images DIR``) preprocessed at 336 px, and every
+image generates exactly ``--new-tokens`` tokens (min = max new tokens), so every setting does the
+same work. Measured in one run, on one card:
+
+- plain ``model.generate`` at batch 1 and at batch 64 (inputs already preprocessed and on the GPU:
+  the baseline pays for generation only);
+- the Captioner end to end from image files (decode, pixel cap, chat template and processor on CPU
+  threads, overlapped with generation) for each variant in ``--variants``: ``NAME:cache:batch[:compile]``
+  (batch 0: the Captioner's automatic batch size from free GPU memory).
+
+Prints a table of images/s and the ratio to plain batch 64, and writes it as JSON (``--json``).
+
+    python benchmarks/caption_gpu.py                 # full run (~4-6 min on an H100)
+    python benchmarks/caption_gpu.py --quick         # fewer images per setting
+    python benchmarks/caption_gpu.py --tiny --quick  # CPU dry run on the tiny model (~1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recaption.captioner.model import Captioner, CaptionerConfig  # noqa: E402
+from recaption.captioner.prompts import SAM_PROMPT  # noqa: E402
+
+DEFAULT_VARIANTS = (
+    "dynamic-b128:dynamic:128",
+    "static-b64:static:64",
+    "static-b128:static:128",
+    "static-auto:static:0",
+    "static-b128-compile:static:128:compile",
+)
+
+
+def default_images_dir() -> Path:
+    shared = Path(os.environ.get("RECAPTION_SHARED", ROOT / ".." / "shared"))
+    return shared / "data" / "web_pairs" / "images"
+
+
+def llava15_7b_config(image_token_id: int, pad_token_id: int, bos: int, eos: int) -> Any:
+    """``llava-hf/llava-1.5-7b-hf``'s configuration, spelled out (vocabulary 32064 as on the hub)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(  # openai/clip-vit-large-patch14-336
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    )
+    text = LlamaConfig(  # type: ignore[call-arg]  # lmsys/vicuna-7b-v1.5
+        vocab_size=32064,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad_token_id,
+    )
+    return LlavaConfig(  # type: ignore[call-arg]
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_seq_length=576,
+    )
+
+
+def llava15_processor() -> Any:
+    """A local processor with LLaVA-1.5's image pipeline (336 px) and chat template.
+
+    The tokenizer is a byte-level BPE trained on the fly (the embedding keeps the hub's 32064 rows);
+    the SAM prompt comes out within a few tokens of the real tokenizer's length.
+    """
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    from recaption.captioner.tiny import LLAVA_CHAT_TEMPLATE, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(vocab_size=32000, model_max_length=4096)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        do_center_crop=True,
+        resample=3,  # bicubic, as the hub's preprocessor_config.json
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+
+
+def build_model(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
+
+    if args.tiny:
+        from recaption.captioner.tiny import build_tiny_llava
+
+        folder = build_tiny_llava(Path(tempfile.mkdtemp(prefix="tiny-llava-")) / "model", image_size=28)
+        processor = AutoProcessor.from_pretrained(folder)
+        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+        model = model.to(device).eval()  # type: ignore[arg-type]
+        return model, processor, "tiny-llava (random)"
+    processor = llava15_processor()
+    tok = processor.tokenizer
+    config = llava15_7b_config(
+        tok.convert_tokens_to_ids("<image>"), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlavaForConditionalGeneration._from_config(
+            config, dtype=torch.bfloat16, attn_implementation=args.attn
+        ).eval()
+    return model, processor, "llava-1.5-7b architecture (random bf16)"
+
+
+def load_images(files: list[Path], n: int) -> list[Any]:
+    from PIL import Image
+
+    out = []
+    for i in range(n):
+        with Image.open(files[i % len(files)]) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def list_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def plain_inputs(processor: Any, images: list[Any], device: str, dtype: Any) -> Any:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": SAM_PROMPT}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    processor.tokenizer.padding_side = "left"
+    inputs = processor(images=images, text=[text] * len(images), return_tensors="pt", padding=True)
+    inputs = inputs.to(device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    return inputs
+
+
+def time_plain(
+    model: Any, processor: Any, images: list[Any], *, batch: int, n_images: int, new_tokens: int, device: str
+) -> dict:
+    """Plain ``model.generate`` (library defaults: dynamic cache, no compile) on preprocessed inputs."""
+    import torch
+
+    batches = [images[i : i + batch] for i in range(0, n_images, batch)]
+    prepared = [plain_inputs(processor, b, device, model.dtype) for b in batches]
+    with torch.inference_mode():
+        model.generate(**prepared[0], max_new_tokens=2, min_new_tokens=2, do_sample=False)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        generated = 0
+        for inputs in prepared:
+            out = model.generate(
+                **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+            )
+            generated += (out.shape[1] - inputs["input_ids"].shape[1]) * out.shape[0]
+        sync(device)
+        elapsed = time.perf_counter() - t0
+    n = sum(len(b) for b in batches)
+    return {
+        "images": n,
+        "seconds": elapsed,
+        "images_per_s": n / elapsed,
+        "input_tokens": int(prepared[0]["input_ids"].shape[1]),
+        "generated_tokens": int(generated),
+    }
+
+
+def time_prefill(model: Any, processor: Any, images: list[Any], device: str) -> float:
+    """Seconds for one forward pass (prefill, vision tower included) over ``images``."""
+    import torch
+
+    inputs = plain_inputs(processor, images, device, model.dtype)
+    with torch.inference_mode():
+        model(**inputs, logits_to_keep=1)
+        sync(device)
+        t0 = time.perf_counter()
+        model(**inputs, logits_to_keep=1)
+        sync(device)
+        return time.perf_counter() - t0
+
+
+def time_captioner(
+    model: Any,
+    processor: Any,
+    files: list[Path],
+    variant: dict,
+    *,
+    n_batches: int,
+    new_tokens: int,
+    device: str,
+) -> dict:
+    """The Captioner end to end from image files, after a warm-up batch. ``batch`` 0: automatic."""
+    cfg = CaptionerConfig(
+        model="bench",
+        device=device,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        batch_size=variant["batch"],
+        cache=variant["cache"],
+        compile=variant["compile"],
+        prefetch_workers=variant.get("workers", 8),
+    )
+    cap = Captioner.from_model(model, processor, cfg, model_id="bench")
+    batch = cap.batch_size  # resolved when batch_size is 0
+    warm_cfg = dataclasses.replace(cfg, max_new_tokens=4, min_new_tokens=4, batch_size=batch)
+    warm = Captioner.from_model(model, processor, warm_cfg, model_id="bench")
+
+    def load(path: Path) -> tuple[Any, str]:
+        return cap.decode(path.read_bytes()).image, SAM_PROMPT
+
+    items = [files[i % len(files)] for i in range(batch * n_batches)]
+    t0 = time.perf_counter()
+    for _ in warm.caption_stream(items[:batch], load):
+        pass
+    sync(device)
+    warm_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    results = [r for _, r in cap.caption_stream(items, load)]
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    errors = [r.error for r in results if r.error]
+    return {
+        "batch": batch,
+        "images": len(results),
+        "seconds": elapsed,
+        "images_per_s": len(results) / elapsed,
+        "warmup_s": warm_s,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "oom_splits": cap.stats.oom_splits,
+        "generate_s": cap.stats.generate_s,
+        "generated_tokens": cap.stats.generated_tokens,
+        "length_finishes": sum(r.finish_reason == "length" for r in results),
+    }
+
+
+def parse_variant(spec: str) -> dict:
+    parts = spec.split(":")
+    if len(parts) not in (3, 4) or parts[1] not in ("dynamic", "static") or not parts[2].isdigit():
+        raise SystemExit(f"bad variant {spec!r}: NAME:dynamic|static:BATCH[:compile]")
+    return {
+        "name": parts[0],
+        "cache": parts[1],
+        "batch": int(parts[2]),
+        "compile": len(parts) == 4 and parts[3] == "compile",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=Path, default=None, help="folder of images (default: shared web_pairs)")
+    ap.add_argument("--tiny", action="store_true", help="tiny random LLaVA (CPU dry run)")
+    ap.add_argument("--quick", action="store_true", help="fewer images per setting")
+    ap.add_argument(
+        "--new-tokens", type=int, default=None, help="generated tokens per image (default 128; tiny 16)"
+    )
+    ap.add_argument("--variants", nargs="*", default=None, help="NAME:dynamic|static:BATCH[:compile] ...")
+    ap.add_argument(
+        "--batches", type=int, default=None, help="timed batches per Captioner variant (default 2; quick 1)"
+    )
+    ap.add_argument(
+        "--b1-images", type=int, default=None, help="images for plain batch 1 (default 3; quick 2)"
+    )
+    ap.add_argument("--attn", default="sdpa")
+    ap.add_argument(
+        "--budget-s", type=float, default=330.0, help="skip remaining variants after this many seconds"
+    )
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    started = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    new_tokens = args.new_tokens or (16 if args.tiny else 128)
+    n_batches = args.batches or (1 if args.quick else 2)
+    b1_images = args.b1_images or (2 if args.quick else 3)
+    variants = [parse_variant(v) for v in (args.variants or DEFAULT_VARIANTS)]
+    if args.tiny:  # small batches keep the dry run short; the code paths are the same
+        variants = [{**v, "batch": v["batch"] // 16, "compile": False} for v in variants]
+    plain_batch = 4 if args.tiny else 64
+    folder = args.images or default_images_dir()
+    files = list_files(folder) if folder.is_dir() else []
+    if not files:
+        raise SystemExit(f"no images in {folder} (pass --images DIR)")
+
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "new_tokens": new_tokens,
+        "rows": [],
+        "notes": [],
+    }
+    import transformers
+
+    report["transformers"] = transformers.__version__
+    report["vllm_installed"] = importlib.util.find_spec("vllm") is not None
+
+    def emit(row: dict) -> None:
+        report["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+
+    t0 = time.perf_counter()
+    model, processor, what = build_model(args, device)
+    sync(device)
+    report["model"] = what
+    report["build_s"] = time.perf_counter() - t0
+    report["parameters"] = sum(p.numel() for p in model.parameters())
+    print(
+        f"# {what} on {report['device']}: {report['parameters'] / 1e9:.2f}B parameters, "
+        f"built in {report['build_s']:.1f}s"
+    )
+
+    images = load_images(files, max(plain_batch, b1_images))
+    emit(
+        {
+            "name": "plain-b1",
+            **time_plain(
+                model, processor, images, batch=1, n_images=b1_images, new_tokens=new_tokens, device=device
+            ),
+        }
+    )
+    emit(
+        {
+            "name": f"plain-b{plain_batch}",
+            **time_plain(
+                model,
+                processor,
+                images,
+                batch=plain_batch,
+                n_images=plain_batch,
+                new_tokens=new_tokens,
+                device=device,
+            ),
+        }
+    )
+    with contextlib.suppress(Exception):
+        report["prefill_s_plain_batch"] = time_prefill(model, processor, images[:plain_batch], device)
+    del images
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+    for v in variants:
+        if time.perf_counter() - started > args.budget_s:
+            report["notes"].append(f"skipped {v['name']}: time budget of {args.budget_s:.0f}s spent")
+            print(f"# skipped {v['name']} (budget)", flush=True)
+            continue
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            row = time_captioner(
+                model,
+                processor,
+                files,
+                v,
+                n_batches=n_batches,
+                new_tokens=new_tokens,
+                device=device,
+            )
+            emit(
+                {"name": v["name"], "cache": v["cache"], "batch": v["batch"], "compile": v["compile"], **row}
+            )
+        except Exception as e:  # one failing technique must not hide the others' figures
+            emit({"name": v["name"], "error": f"{type(e).__name__}: {str(e)[:500]}"})
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            report.setdefault("peak_memory_gib", {})[v["name"]] = torch.cuda.max_memory_allocated() / 2**30
+
+    base = next((r for r in report["rows"] if r["name"] == f"plain-b{plain_batch}"), None)
+    print()
+    print(
+        f"{'setting':28s} {'images':>7s} {'seconds':>8s} {'img/s':>8s} {'vs plain b' + str(plain_batch):>14s}"
+    )
+    for r in report["rows"]:
+        if "error" in r:
+            print(f"{r['name']:28s} failed: {r['error'][:100]}")
+            continue
+        ratio = r["images_per_s"] / base["images_per_s"] if base else float("nan")
+        r["ratio_vs_plain_batch"] = ratio
+        print(f"{r['name']:28s} {r['images']:7d} {r['seconds']:8.2f} {r['images_per_s']:8.2f} {ratio:13.2f}x")
+    print(
+        f"\ntotal {time.perf_counter() - started:.0f}s; {report['device']}; torch {report['torch']}; "
+        f"transformers {report['transformers']}; vllm installed: {report['vllm_installed']}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

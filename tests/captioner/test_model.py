@@ -1,0 +1,315 @@
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from recaption.captioner.model import (
+    FINISH_ERROR,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Captioner,
+    CaptionerConfig,
+    finish_sequences,
+    is_oom,
+)
+from recaption.captioner.prompts import SAM_PROMPT, resolve_prompt
+from recaption.captioner.tiny import build_tiny_text_llama
+from recaption.errors import ConfigError
+
+from .conftest import shared_path
+
+
+def _captioner(model: str, **kw) -> Captioner:
+    kw.setdefault("max_new_tokens", 8)
+    return Captioner(CaptionerConfig(model=model, **kw)).load()
+
+
+# ---------------------------------------------------------------- configuration
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("dtype", "int8"),
+        ("attn_implementation", "flash"),
+        ("cache", "paged"),
+        ("device", "gpu"),
+        ("max_new_tokens", 0),
+        ("min_new_tokens", 99999),
+        ("top_p", 0.0),
+        ("top_k", -1),
+        ("batch_size", -2),
+        ("max_image_pixels", 10),
+        ("model", " "),
+        ("prefetch_workers", 0),
+    ],
+)
+def test_wrong_options_fail_at_once_naming_the_option(field, value):
+    with pytest.raises(ConfigError) as info:
+        CaptionerConfig(**{field: value})
+    assert info.value.option == field
+    assert "accepted" in str(info.value)
+
+
+def test_sampling_needs_a_positive_temperature():
+    with pytest.raises(ConfigError, match="temperature"):
+        CaptionerConfig(do_sample=True, temperature=0.0)
+    CaptionerConfig(do_sample=False, temperature=0.0)  # unused when greedy
+
+
+def test_config_is_picklable_and_cheap():
+    cfg = CaptionerConfig(model="x/y", seed=3)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    assert Captioner(cfg).model is None  # nothing loads before load()
+    assert pickle.loads(pickle.dumps(Captioner(cfg))).config == cfg
+
+
+# ---------------------------------------------------------------- loading the wrong thing
+def test_missing_hub_id_fails_fast_naming_it():
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        Captioner(CaptionerConfig(model="no-such-org/no-such-model")).load()
+    assert time.perf_counter() - t0 < 10
+    assert "no-such-org/no-such-model" in str(info.value)
+    assert info.value.option == "model"
+
+
+def test_missing_folder_fails_naming_it(tmp_path):
+    missing = str(tmp_path / "nowhere" / "model")
+    with pytest.raises(ConfigError) as info:
+        Captioner(CaptionerConfig(model=missing)).load()
+    assert missing in str(info.value)
+    assert "no such folder" in str(info.value)
+
+
+def test_text_only_model_is_refused_naming_its_type(tmp_path):
+    folder = build_tiny_text_llama(tmp_path / "llama")
+    with pytest.raises(ConfigError) as info:
+        Captioner(CaptionerConfig(model=folder)).load()
+    msg = str(info.value)
+    assert folder in msg
+    assert "'llama'" in msg
+    assert "not a vision-language model" in msg
+
+
+def test_processor_without_chat_template_is_refused(tiny_llava):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    processor.chat_template = None
+    processor.tokenizer.chat_template = None
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava)
+    with pytest.raises(ConfigError, match="chat template"):
+        Captioner.from_model(model, processor, CaptionerConfig(model=tiny_llava))
+
+
+def test_pickled_weights_are_refused(tiny_llava, tmp_path):
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "bin-only"
+    shutil.copytree(tiny_llava, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    torch.save(weights, folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ConfigError) as info:
+        Captioner(CaptionerConfig(model=str(folder))).load()
+    assert str(folder) in str(info.value)
+
+
+# ---------------------------------------------------------------- the real path on the tiny model
+def test_round_trip_on_real_images(tiny_llava, real_images):
+    cap = _captioner(tiny_llava, batch_size=4)
+    assert cap.device == "cpu"
+    assert cap.model.dtype == torch.float32
+    laion = resolve_prompt("laion")
+    prompts = [laion.render(f"photo number {i}").text for i in range(len(real_images))]
+    results = cap.caption(real_images, prompts)
+    assert len(results) == len(real_images)
+    assert cap.stats.batches == -(-len(real_images) // 4)
+    for res, prompt in zip(results, prompts, strict=True):
+        assert res.ok
+        assert res.error is None
+        assert res.prompt == prompt
+        assert res.model_id == tiny_llava
+        assert res.revision == "local"
+        assert 1 <= res.num_tokens <= 8
+        assert res.finish_reason in (FINISH_STOP, FINISH_LENGTH)
+        if res.finish_reason == FINISH_LENGTH:
+            assert res.num_tokens == 8
+        assert 0.0 <= res.repetition_score <= 1.0
+
+
+def test_generated_images_of_every_size_and_mode(tiny_llava, generated_images):
+    cap = _captioner(tiny_llava)
+    results = cap.caption(generated_images, [SAM_PROMPT] * len(generated_images))
+    assert [r.ok for r in results] == [True] * len(generated_images)
+
+
+def test_batched_equals_one_by_one(tiny_llava, generated_images):
+    images = generated_images[:4]
+    prompts = [SAM_PROMPT, "Describe the colours", resolve_prompt("laion").render("a cat").text, SAM_PROMPT]
+    batched = _captioner(tiny_llava, batch_size=4).caption(images, prompts)
+    single = _captioner(tiny_llava, batch_size=1).caption(images, prompts)
+    assert [r.text for r in batched] == [r.text for r in single]  # left padding does not change captions
+
+
+def test_static_cache_matches_dynamic(tiny_llava, generated_images):
+    dyn = _captioner(tiny_llava, cache="dynamic").caption(generated_images, [SAM_PROMPT] * 6)
+    sta = _captioner(tiny_llava, cache="static").caption(generated_images, [SAM_PROMPT] * 6)
+    assert [r.text for r in dyn] == [r.text for r in sta]
+
+
+def test_length_limit_is_kept_and_flagged(tiny_llava, generated_images):
+    cap = _captioner(tiny_llava, max_new_tokens=5, min_new_tokens=5)
+    results = cap.caption(generated_images[:3], [SAM_PROMPT] * 3)
+    assert [(r.finish_reason, r.num_tokens) for r in results] == [(FINISH_LENGTH, 5)] * 3
+    assert all(r.ok for r in results)
+
+
+def test_finish_sequences_cuts_at_eos():
+    rows = [[5, 6, 2, 3, 3], [5, 6, 7, 8, 9], [2, 3, 3, 3, 3], [9, 99, 2, 2, 2]]
+    assert finish_sequences(rows, [2, 99], 5) == [
+        ([5, 6], 3, FINISH_STOP),
+        ([5, 6, 7, 8, 9], 5, FINISH_LENGTH),
+        ([], 1, FINISH_STOP),
+        ([9], 2, FINISH_STOP),
+    ]
+
+
+def test_checkpoint_generation_defaults_are_not_inherited(tiny_llava, tmp_path, generated_images):
+    folder = tmp_path / "surprising"
+    shutil.copytree(tiny_llava, folder)
+    gen = json.loads((folder / "generation_config.json").read_text())
+    gen.update(do_sample=True, temperature=30.0, top_k=3, repetition_penalty=8.0, max_new_tokens=2)
+    (folder / "generation_config.json").write_text(json.dumps(gen))
+    plain = _captioner(tiny_llava).caption(generated_images, [SAM_PROMPT] * 6)
+    odd = _captioner(str(folder))
+    assert odd.checkpoint_generation_config["repetition_penalty"] == 8.0  # recorded, not applied
+    assert [r.text for r in odd.caption(generated_images, [SAM_PROMPT] * 6)] == [r.text for r in plain]
+
+
+# ---------------------------------------------------------------- sampling
+def test_sampling_is_reproducible_with_a_seed(tiny_llava, generated_images):
+    kw = {"do_sample": True, "temperature": 1.0, "max_new_tokens": 10}
+    prompts = [SAM_PROMPT] * 6
+    keys = [f"img-{i}" for i in range(6)]
+    first = [r.text for r in _captioner(tiny_llava, seed=1, **kw).caption(generated_images, prompts, keys)]
+    again = [
+        r.text
+        for r in _captioner(tiny_llava, seed=1, batch_size=2, **kw).caption(generated_images, prompts, keys)
+    ]
+    other = [r.text for r in _captioner(tiny_llava, seed=2, **kw).caption(generated_images, prompts, keys)]
+    greedy = [
+        r.text for r in _captioner(tiny_llava, max_new_tokens=10).caption(generated_images, prompts, keys)
+    ]
+    assert first == again  # same seed, other batch size: same captions
+    assert first != other
+    assert first != greedy
+    # a sample's caption follows its key, not its position
+    moved = _captioner(tiny_llava, seed=1, **kw).caption(generated_images[::-1], prompts, keys[::-1])
+    assert [r.text for r in moved] == first[::-1]
+
+
+# ---------------------------------------------------------------- out of memory
+class _OOMAbove(Captioner):
+    """Raises CUDA's out-of-memory error for batches larger than ``limit`` (``0``: always)."""
+
+    limit = 2
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls: list[int] = []
+
+    def _generate_ids(self, inputs, seeds):
+        n = int(inputs["input_ids"].shape[0])
+        self.calls.append(n)
+        if n > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return super()._generate_ids(inputs, seeds)
+
+
+def test_oom_batch_is_split_and_nothing_is_lost(tiny_llava, generated_images):
+    images = generated_images[:5]
+    expected = _captioner(tiny_llava, batch_size=5).caption(images, [SAM_PROMPT] * 5)
+    cap = _OOMAbove(CaptionerConfig(model=tiny_llava, max_new_tokens=8, batch_size=5)).load()
+    results = cap.caption(images, [SAM_PROMPT] * 5)
+    assert cap.calls == [5, 2, 3, 1, 2]
+    assert cap.stats.oom_splits == 2
+    assert all(r.ok for r in results)
+    assert [r.text for r in results] == [r.text for r in expected]
+
+
+def test_single_image_oom_fails_alone_with_the_reason(tiny_llava, generated_images):
+    cap = _OOMAbove(CaptionerConfig(model=tiny_llava, max_new_tokens=4, batch_size=2)).load()
+    cap.limit = 0
+    results = cap.caption(generated_images[:2], [SAM_PROMPT] * 2)
+    assert [r.finish_reason for r in results] == [FINISH_ERROR] * 2
+    assert all("out of memory on a single image" in r.error for r in results)
+    assert cap.stats.failed == 2
+
+
+def test_is_oom():
+    assert is_oom(torch.cuda.OutOfMemoryError("x"))
+    assert is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not is_oom(RuntimeError("shape mismatch"))
+    assert not is_oom(ValueError("out of memory"))
+
+
+# ---------------------------------------------------------------- streaming from files
+def test_stream_decodes_in_the_background_and_isolates_bad_files(tiny_llava, tmp_path):
+    good = sorted(shared_path("sam").glob("*.jpg"))[:3]
+    bad = tmp_path / "broken.jpg"
+    data = good[0].read_bytes()
+    bad.write_bytes(data[: len(data) // 2])  # truncated JPEG
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    items = [good[0], bad, good[1], empty, good[2]]
+    cap = _captioner(tiny_llava, batch_size=2, prefetch_workers=2)
+
+    def load(path: Path):
+        return cap.decode(path.read_bytes()).image, SAM_PROMPT
+
+    out = list(cap.caption_stream(items, load, key=str))
+    assert [item for item, _ in out] == items
+    status = [r.ok for _, r in out]
+    assert status == [True, False, True, False, True]
+    assert "truncated" in out[1][1].error or "corrupt" in out[1][1].error
+    assert "empty file" in out[3][1].error
+    assert cap.stats.images == 5
+    assert cap.stats.failed == 2
+
+
+def test_decode_uses_draft_mode_and_the_pixel_cap(tiny_llava):
+    photo = max(shared_path("sam").glob("*.jpg"), key=lambda p: p.stat().st_size)
+    cap = _captioner(tiny_llava, max_image_pixels=64 * 64)
+    decoded = cap.decode(photo.read_bytes())
+    assert decoded.draft_scale == 8  # 28 px is all the tiny model needs
+    assert decoded.image.width * decoded.image.height <= 64 * 64
+    assert (decoded.width, decoded.height) == Image_size(photo)
+
+
+def Image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        return ImageOps.exif_transpose(im).size
+
+
+def test_auto_batch_size_on_cpu(tiny_llava):
+    cap = _captioner(tiny_llava)
+    assert cap.batch_size == 8
+    assert cap.kv_bytes_per_token() == 2 * 2 * 64 * 4  # 2 layers x (k, v) x hidden 64 x fp32
+    assert cap.estimate_prompt_tokens() > 4
+
+
+def test_caption_checks_its_arguments(tiny_llava, generated_images):
+    cap = Captioner(CaptionerConfig(model=tiny_llava))
+    with pytest.raises(RuntimeError, match="load"):
+        cap.caption(generated_images[:1], [SAM_PROMPT])
+    cap.load()
+    with pytest.raises(ValueError, match="prompts"):
+        cap.caption(generated_images[:2], [SAM_PROMPT])
