@@ -6,7 +6,18 @@ from collections.abc import Iterable
 
 
 class RecaptionError(Exception):
-    """Base class for every error recaption raises on purpose."""
+    """Base class for every error recaption raises on purpose.
+
+    Subclasses keep their constructor arguments so they survive pickling (a Ray worker's error
+    reaches the driver intact, message and type).
+    """
+
+    _init_args: tuple[object, ...] = ()
+
+    def __reduce__(self) -> tuple[object, ...]:
+        if self._init_args:
+            return (self.__class__, self._init_args)
+        return (self.__class__, self.args)
 
 
 class ConfigError(RecaptionError, ValueError):
@@ -19,6 +30,12 @@ class ConfigError(RecaptionError, ValueError):
         accepted: Iterable[object] | str | None = None,
         hint: str = "",
     ) -> None:
+        self._init_args = (
+            option,
+            value,
+            accepted if not isinstance(accepted, Iterable) or isinstance(accepted, str) else tuple(accepted),
+            hint,
+        )
         self.option = option
         self.value = value
         if accepted is None:
@@ -39,6 +56,7 @@ class SourceError(RecaptionError, FileNotFoundError):
     def __init__(self, path: str, problem: str, looked_for: Iterable[str] = ()) -> None:
         self.path = path
         looked = list(looked_for)
+        self._init_args = (path, problem, tuple(looked))
         msg = f"{path}: {problem}"
         if looked:
             msg += ". Looked for: " + "; ".join(looked)
@@ -51,6 +69,7 @@ class MissingColumnsError(RecaptionError, KeyError):
     def __init__(self, where: str, missing: Iterable[str], available: Iterable[str]) -> None:
         self.missing = sorted(missing)
         self.available = sorted(available)
+        self._init_args = (where, tuple(self.missing), tuple(self.available))
         super().__init__(
             f"{where}: missing column(s) {', '.join(map(repr, self.missing))}; "
             f"available: {', '.join(map(repr, self.available)) or '(none)'}"

@@ -23,6 +23,8 @@ class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     memory_bytes: int | None = None
+    # Take the GPUs where the cluster has them, run on CPU where it has none (device "auto").
+    gpu_optional: bool = False
 
 
 class Stage(ABC):

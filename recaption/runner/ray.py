@@ -78,7 +78,8 @@ def ensure_ray(options: RayOptions) -> bool:
         kwargs.setdefault("include_dashboard", False)
         if options.num_cpus is not None:
             kwargs["num_cpus"] = options.num_cpus
-        ray.init(**kwargs)
+        # "local": a new Ray inside this process, never a cluster that `ray start` left on this machine.
+        ray.init(address="local", **kwargs)
     return True
 
 
@@ -169,8 +170,17 @@ def run_graph_ray(
     # ref -> (kind, state index, actor, shard index)
     waiting: dict[Any, tuple[str, int, Any, int]] = {}
 
+    resolved: dict[int, Resources] = {}
+
     def resources(st: _State) -> Resources:
-        return st.spec.resources or st.spec.stage.resources()
+        key = id(st)
+        if key not in resolved:
+            res = st.spec.resources or st.spec.stage.resources()
+            if res.gpu_optional and res.num_gpus > 0 and cluster.get("GPU", 0.0) < res.num_gpus:
+                log.info("[%s] no GPU in the Ray cluster: workers run on CPU", st.spec.stage.name)
+                res = Resources(num_cpus=res.num_cpus, num_gpus=0.0, memory_bytes=res.memory_bytes)
+            resolved[key] = res
+        return resolved[key]
 
     def wanted_workers(st: _State, ready: int) -> int:
         cap = (
@@ -265,12 +275,14 @@ def run_graph_ray(
                         # The stage's own setup raised: a configuration problem; retrying won't help.
                         cause = e.cause if getattr(e, "cause", None) is not None else e
                         raise cause from None
-                    except RayError as e:
+                    except RayActorError as e:
                         st.actors.remove(actor)
                         st.setup_failures += 1
                         log.warning("[%s] a worker died while setting up: %s", name, type(e).__name__)
                         if st.setup_failures > options.max_retries * max(1, len(st.shards)):
                             raise RecaptionError(f"could not start a {name} worker: {e}") from None
+                    except RayError as e:
+                        raise RecaptionError(f"could not start a {name} worker: {e}") from None
                     continue
                 st.running -= 1
                 try:

@@ -1,0 +1,93 @@
+"""``recaption caption SOURCE OUTPUT``."""
+
+from __future__ import annotations
+
+import typer
+
+from recaption.cli.app import app, handle_errors, print_json
+from recaption.cli.options import run_options, source_options
+
+
+@app.command("caption")
+@handle_errors
+def caption_command(
+    source: str = typer.Argument(..., help="Images to caption (any layout `recaption inspect` knows)."),
+    output: str = typer.Argument(..., help="Output folder for caption shards (local path or fsspec URL)."),
+    model: str = typer.Option(
+        "llava-hf/llava-1.5-7b-hf", "--model", help="Hub id or local folder of a chat-template VLM."
+    ),
+    revision: str | None = typer.Option(None, "--revision", help="Model revision (branch, tag or commit)."),
+    prompt: str = typer.Option(
+        "auto",
+        "--prompt",
+        help="sam | laion | a template with {raw_caption}. auto: sam for SA-1B, laion (raw caption as hint) "
+        "otherwise.",
+    ),
+    device: str = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32."
+    ),
+    batch_size: int = typer.Option(
+        0, "--batch-size", help="Images per generate call (0: from free GPU memory)."
+    ),
+    max_new_tokens: int = typer.Option(
+        512, "--max-new-tokens", help="Longest caption, in tokens (flagged if hit)."
+    ),
+    sample: bool = typer.Option(
+        False, "--sample/--greedy", help="Sample (seeded, reproducible) or greedy decode."
+    ),
+    temperature: float = typer.Option(0.2, "--temperature", help="Sampling temperature (PixArt used 0.2)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the per-sample sampling streams."),
+    max_image_pixels: int = typer.Option(
+        1024 * 1024,
+        "--max-image-pixels",
+        help="Shrink larger images to this many pixels before preprocessing.",
+    ),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own code."),
+    kind: str = source_options.kind,
+    shard_size: int | None = source_options.shard_size,
+    captions_dir: str | None = source_options.captions_dir,
+    text_column: str | None = source_options.text_column,
+    executor: str = typer.Option(
+        "ray",
+        "--executor",
+        help="ray: one actor per GPU (Ray starts here unless --ray-address); local: this process.",
+    ),
+    ray_address: str | None = run_options.ray_address,
+    workers: int | None = run_options.workers,
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+) -> None:
+    """Dense captions with a vision-language model (PixArt's LLaVA recaptioning), a shard per input shard."""
+    from recaption.captioner.model import CaptionerConfig
+    from recaption.captioner.stage import CaptionStage
+    from recaption.readers import open_source
+    from recaption.runner import RayOptions, run_stage
+
+    cfg = CaptionerConfig(
+        model=model,
+        revision=revision,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=temperature,
+        seed=seed,
+        max_image_pixels=max_image_pixels,
+        trust_remote_code=trust_remote_code,
+    )
+    src = open_source(
+        source, kind=kind, shard_size=shard_size, captions_dir=captions_dir, text_column=text_column
+    )
+    stage = CaptionStage(source=src, model=cfg, prompt=prompt)
+    summary = run_stage(
+        stage, output, executor=executor, ray=RayOptions(address=ray_address, num_workers=workers)
+    )
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        from recaption.cli.summary import print_summary
+
+        print_summary(summary)
+    if not summary.ok:
+        raise typer.Exit(1)
