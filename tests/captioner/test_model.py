@@ -313,3 +313,28 @@ def test_caption_checks_its_arguments(tiny_llava, generated_images):
     cap.load()
     with pytest.raises(ValueError, match="prompts"):
         cap.caption(generated_images[:2], [SAM_PROMPT])
+
+
+class _RecordSizes(Captioner):
+    """Records batch sizes and answers without a model run (compiling on CPU would take long)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.sizes: list[int] = []
+
+    def _generate_ids(self, inputs, seeds):
+        n = int(inputs["input_ids"].shape[0])
+        self.sizes.append(n)
+        return [[10 + i, 2] for i in range(n)]  # row i says token 10+i, then EOS (id 2)
+
+
+def test_compile_pads_a_short_last_batch_to_one_shape(tiny_llava, generated_images):
+    cap = _RecordSizes(CaptionerConfig(model=tiny_llava, batch_size=4, compile=True, cache="static")).load()
+    results = cap.caption(generated_images, [SAM_PROMPT] * 6)  # 4 + 2
+    assert cap.sizes == [4, 4]
+    assert len(results) == 6
+    assert [r.num_tokens for r in results] == [2] * 6
+    assert cap.stats.images == 6
+    plain = _RecordSizes(CaptionerConfig(model=tiny_llava, batch_size=4)).load()
+    plain.caption(generated_images, [SAM_PROMPT] * 6)
+    assert plain.sizes == [4, 2]  # without compile nothing is padded
