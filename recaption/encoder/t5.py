@@ -24,10 +24,11 @@ padding mask once per batch instead of once per layer, and can be ``torch.compil
 (one compiled block reused by all 24 layers, dynamic batch and length).
 
 Numerics: T5 v1.1 overflows in float16, so the compute dtype is bfloat16 on GPU (same exponent range
-as float32) and float32 on CPU. ``transformers`` keeps the feed-forward output projections (``wo``)
-in float32 when loading in a lower precision (a guard for float16/int8); with
-``keep_fp32_wo=False`` (default) they are cast to bfloat16 too, which puts 22% of the FLOPs back on
-the bfloat16 tensor cores; ``keep_fp32_wo=True`` reproduces what PixArt's own extractor ran.
+as float32) and float32 on CPU. Everything runs in bfloat16, as PixArt-α's ``T5Embedder`` does
+(``transformers`` keeps the feed-forward output projections ``wo`` in float32 only when loading in
+float16, which is what PixArt-Σ's extractor did). ``keep_fp32_wo=True`` keeps them in float32 (the
+residual stream then becomes float32 too), at the price of 22% of the FLOPs off the bfloat16 tensor
+cores.
 """
 
 from __future__ import annotations
@@ -469,7 +470,8 @@ class TextEncoder:
         dtype = _resolve_dtype(cfg.compute_dtype, device)
         tokenizer = AutoTokenizer.from_pretrained(source, subfolder=cfg.tokenizer_subfolder or "", **common)
         load_kwargs: dict[str, Any] = {
-            "dtype": dtype,
+            # keep_fp32_wo: load in float32 so `wo` keeps its checkpoint precision; attach() casts the rest.
+            "dtype": torch.float32 if cfg.keep_fp32_wo else dtype,
             "attn_implementation": cfg.attention,
             "subfolder": cfg.model_subfolder or "",
             **common,
@@ -500,10 +502,10 @@ class TextEncoder:
         model = model.to(device=device)
         if not cfg.keep_fp32_wo or dtype == torch.float32:
             model = model.to(dtype=dtype)
-        else:  # transformers' own loading keeps `wo` in float32; make sure the rest is `dtype`
+        else:  # the feed-forward output projections in float32, everything else in `dtype`
             for name, param in model.named_parameters():
-                if not name.endswith("wo.weight"):
-                    param.data = param.data.to(dtype)
+                is_ffn_out = name.endswith("DenseReluDense.wo.weight")
+                param.data = param.data.to(torch.float32 if is_ffn_out else dtype)
         model.eval()
         model.requires_grad_(False)
         self.model, self.tokenizer = model, tokenizer

@@ -4,8 +4,8 @@ Tests (and ``benchmarks/t5_gpu.py --tiny``) need a model folder that ``AutoToken
 ``T5EncoderModel.from_pretrained`` load exactly as they load ``DeepFloyd/t5-v1_1-xxl``, without the
 hub. :func:`build_tiny_t5` writes one in well under a second:
 
-- the tokenizer is a Unigram model (the algorithm of T5's SentencePiece model) trained with the
-  ``tokenizers`` library on :data:`TRAINING_TEXT`, wrapped in transformers' ``T5Tokenizer``, so it
+- the tokenizer is a Unigram model (the algorithm of T5's SentencePiece model) estimated from
+  :data:`TRAINING_TEXT`, run by the ``tokenizers`` library inside transformers' ``T5Tokenizer``, so it
   has T5's layout: ``<pad>`` = 0, ``</s>`` = 1 (appended to every sequence), ``<unk>`` = 2, the
   ``▁`` word-start marker, no sentinel ``<extra_id_*>`` tokens;
 - the model is ``T5EncoderModel`` with T5 v1.1's architecture (gated-GELU feed-forward, relative
@@ -42,39 +42,35 @@ Free shipping on all orders! Buy the new leather wallet, size 10x12 cm, item #12
 _SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # T5's ids 0, 1, 2, in that order
 
 
-def _train_vocab(vocab_size: int) -> list[tuple[str, float]]:
-    """Train a Unigram vocabulary on :data:`TRAINING_TEXT` with T5's pre-tokenization."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def _train_vocab(vocab_size: int, max_piece: int = 6) -> list[tuple[str, float]]:
+    """A Unigram vocabulary estimated from :data:`TRAINING_TEXT` (piece counts → log-probabilities).
 
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.WhitespaceSplit(),
-            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
-        ]
+    Sub-word candidates are every substring (up to ``max_piece`` characters) of every
+    ``▁``-prefixed word, as SentencePiece seeds its Unigram model; the most useful ones (count ×
+    length) are kept, plus every single character so nothing in the text is ``<unk>``. Each score
+    is the piece's log relative frequency. Plain counting rather than ``tokenizers``'
+    ``UnigramTrainer``: that trainer's EM iterates hash maps in a random order, so its scores and
+    ids change from run to run, and the tests need the same files every time.
+    """
+    import math
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for word in TRAINING_TEXT.split():
+        piece_word = "▁" + word
+        for i in range(len(piece_word)):
+            for j in range(i + 1, min(len(piece_word), i + max_piece) + 1):
+                counts[piece_word[i:j]] += 1
+    singles = sorted(p for p in counts if len(p) == 1)
+    longer = sorted(
+        (p for p in counts if len(p) > 1 and counts[p] > 1), key=lambda p: (-counts[p] * len(p), p)
     )
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size,
-        special_tokens=_SPECIAL_TOKENS,
-        unk_token="<unk>",
-        show_progress=False,
-        # Every character of the text gets a piece, so nothing in it tokenizes to <unk>.
-        initial_alphabet=sorted(set(TRAINING_TEXT) - {"\n", " "}),
+    keep = singles + longer[: max(vocab_size - len(_SPECIAL_TOKENS) - len(singles), 0)]
+    total = sum(counts[p] for p in keep)
+    scored = sorted(
+        ((p, round(math.log(counts[p] / total), 6)) for p in keep), key=lambda ps: (-ps[1], ps[0])
     )
-    # Repeating the text gives sub-word pieces enough counts to survive pruning; training is
-    # deterministic for a given text and size.
-    tokenizer.train_from_iterator([TRAINING_TEXT] * 8, trainer=trainer)
-    vocab = [(piece, float(score)) for piece, score in _unigram_pieces(tokenizer)]
-    if [p for p, _ in vocab[:3]] != _SPECIAL_TOKENS:
-        raise RuntimeError(f"tiny T5 tokenizer: special tokens out of place: {vocab[:3]}")
-    return vocab
-
-
-def _unigram_pieces(tokenizer: object) -> list[tuple[str, float]]:
-    import json
-
-    data = json.loads(tokenizer.to_str())  # type: ignore[attr-defined]
-    return [(piece, score) for piece, score in data["model"]["vocab"]]
+    return [(tok, 0.0) for tok in _SPECIAL_TOKENS] + scored
 
 
 def build_tiny_t5(
