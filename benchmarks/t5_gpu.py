@@ -195,6 +195,28 @@ def check_agreement(model, encoder, ids: list[list[int]], max_length: int, devic
     return (num / max(den, 1e-30)) ** 0.5
 
 
+def profile_pass(encoder, ids: list[list[int]], device: str, out: Path) -> None:
+    """One pass under torch.profiler: where the device time goes, and how busy the device is."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    synchronize(device)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        encoder.encode_ids(ids)
+        synchronize(device)
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    table = events.table(sort_by=key, row_limit=25, max_name_column_width=70)
+    out.write_text(table)
+    busy = sum(getattr(e, key) for e in events) / 1e6
+    print(f"\nprofile ({encoder.kernel}, {len(ids)} captions): wall {wall:.2f}s, device busy {busy:.2f}s")
+    print("\n".join(table.splitlines()[:16]))
+    _ = torch
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny random T5 on the CPU: an end-to-end smoke run")
@@ -219,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="print %% of this bf16 peak (e.g. 790)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--profile", type=Path, default=None, help="profile the last variant; kernel table here")
     args = ap.parse_args(argv)
 
     import torch
@@ -305,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         ids = token_ids[name]
         real = sum(len(x) for x in ids)
         best = statistics.median(times)
-        flops = sum(flops_per_token(cfg, len(x)) for x in ids) * padded_tokens / max(real, 1)
+        # matrix FLOPs actually run: every padded token, attention over the mean padded width
+        flops = padded_tokens * flops_per_token(cfg, round(padded_tokens / len(ids)))
         row = {
             "variant": variant,
             "dataset": name,
@@ -323,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             flush=True,
         )
 
-    def run_variant(variant: str, label: str, budget: int) -> None:
+    def run_variant(variant: str, label: str, budget: int):
         encoder = None
         if variant == "trim":
             encoder = make_encoder("transformers", budget)
@@ -351,18 +375,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             record(label, name, times, (encoder.stats.padded_tokens - before) // args.repeats)
             results[-1]["rel_error_vs_padded"] = err
             print(f"  {'':<22} {name:<6} rel. error vs padded-to-{max_length}: {err:.2e}", flush=True)
+        return encoder
 
     print(f"plain forward: transformers, attention {model.config._attn_implementation!r}")
+    last_encoder = None
     for spec in args.variants:
         variant, _, budget_text = spec.partition("@")
         budget = int(budget_text) if budget_text else args.token_budget
         label = variant if variant == "plain" else f"{variant}@{budget}"
         t_setup = time.perf_counter()
         try:
-            run_variant(variant, label, budget)
+            last_encoder = run_variant(variant, label, budget) or last_encoder
         except Exception as exc:  # one failing variant must not hide the others' figures
             print(f"  {label}: FAILED: {type(exc).__name__}: {exc}", flush=True)
         print(f"  ({label}: {time.perf_counter() - t_setup:.1f}s including warm-up)", flush=True)
+
+    if args.profile and last_encoder is not None:
+        profile_pass(last_encoder, token_ids[args.datasets[0]], device, args.profile)
 
     print("\nsummary (median of repeats; ratio against plain on the same data set):")
     base = {r["dataset"]: r["captions_per_s"] for r in results if r["variant"] == "plain"}

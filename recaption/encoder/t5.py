@@ -612,7 +612,10 @@ class TextEncoder:
             raise ValueError(f"encode_ids: a caption has more than max_length={self.max_length} tokens")
         results: list[np.ndarray | None] = [None] * len(ids)
         store = getattr(torch, cfg.store_dtype)
+        device = self._device
+        cuda = device.type == "cuda"
         pad_id = int(self.tokenizer.pad_token_id)
+        pending = None
         with torch.inference_mode():
             plan = plan_batches(
                 lengths, cfg.token_budget, cfg.max_batch_size, cfg.pad_multiple, cfg.batch_cost_tokens
@@ -625,14 +628,26 @@ class TextEncoder:
                 for row, i in enumerate(batch):
                     input_ids[row, : lengths[i]] = torch.as_tensor(ids[i], dtype=torch.long)
                     mask[row, : lengths[i]] = 1
-                hidden = self.forward(input_ids.to(self._device), mask.to(self._device))
-                # Only the real tokens leave the device: one copy, split on the host.
-                real = hidden[mask.to(self._device).bool()].to(store).cpu()
-                for i, chunk in zip(batch, torch.split(real, blen), strict=True):
-                    results[i] = _to_numpy(chunk)
+                # Flat positions of the real tokens: selecting them needs no device sync, unlike a
+                # boolean mask, so the host can prepare the next batch while the device computes.
+                index = torch.nonzero(mask.view(-1), as_tuple=True)[0]
+                hidden = self.forward(input_ids.to(device), mask.to(device))
+                real = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.to(device)).to(store)
+                if cuda:  # only the real tokens leave the device, asynchronously, into pinned memory
+                    host = torch.empty(real.shape, dtype=store, pin_memory=True)
+                    host.copy_(real, non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record()
+                else:
+                    host, done = real, None
+                if pending is not None:  # split the previous batch while this one runs
+                    _split_batch(*pending, results)
+                pending = (batch, blen, host, done)
                 self.stats.batches += 1
                 self.stats.tokens += sum(blen)
                 self.stats.padded_tokens += len(batch) * width
+            if pending is not None:
+                _split_batch(*pending, results)
         return results  # type: ignore[return-value]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -669,6 +684,20 @@ class TextEncoder:
     def _require_loaded(self) -> None:
         if not self.loaded:
             raise RuntimeError("TextEncoder: call load() (or attach()) before encoding")
+
+
+def _split_batch(
+    batch: list[int], lengths: list[int], host: torch.Tensor, done: Any, results: list[np.ndarray | None]
+) -> None:
+    """Cut a batch's real-token rows into one array per caption (copies out of pinned memory)."""
+    import torch
+
+    if done is not None:
+        done.synchronize()
+    for i, chunk in zip(batch, torch.split(host, lengths), strict=True):
+        arr = _to_numpy(chunk)
+        # Own memory per caption: the pinned buffer goes back to the allocator's cache.
+        results[i] = arr.copy() if done is not None else arr
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
