@@ -24,6 +24,23 @@ ratio is ``--tokens-per-word``). Token ids are then drawn at random (the encoder
 depend on which ids). With ``--tokenizer PATH`` (a local copy of t5-v1_1-xxl's tokenizer) the
 captions are cleaned and tokenized for real. The length distribution used is printed.
 
+Measured (NVIDIA H200, torch 2.11.0+cu130, transformers 5.17, estimated lengths, token budget
+32768, median of 2 passes; before the device-to-host copy overlapped the next batch). Captions/s,
+ratio to plain, and bf16 matrix TFLOP/s recomputed from the padded token counts:
+
+=================  ==================  ==================
+variant            dense (IIW, ×3)     raw (LAION)
+=================  ==================  ==================
+plain              265  ×1.00  296     271  ×1.00
+trim               277  ×1.04  307     2191 ×8.07
+fused              372  ×1.40  413     2574 ×9.49
+fused+compile      420  ×1.58  466     3036 ×11.19
+=================  ==================  ==================
+
+Relative error of the trimmed features against the padded-to-120 computation: 0 (trim, dense),
+1.3e-2 (trim, raw: same kernels, other batch shapes), 2.3e-2–2.6e-2 (fused): bfloat16 rounding
+accumulated over 24 layers of random weights; in float32 the fused forward agrees to 1e-5 (tests).
+
 CPU smoke run (any machine, seconds)::
 
     python benchmarks/t5_gpu.py --tiny
@@ -42,13 +59,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # google/t5-v1_1-xxl's config.json (the encoder half), spelled out.
-T5_V1_1_XXL = {
+T5_V1_1_XXL: dict[str, Any] = {
     "vocab_size": 32128,
     "d_model": 4096,
     "d_kv": 64,
@@ -321,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"truncated {cut_share:.0%}"
         )
 
-    results = []
+    results: list[dict[str, Any]] = []
     cfg = model.config
 
     def record(variant: str, name: str, times: list[float], padded_tokens: int) -> None:
@@ -362,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if encoder is None:
                 plain_pass(model, ids[: args.plain_batch], max_length, args.plain_batch, device)  # warm-up
                 times = time_passes(
-                    lambda ids=ids: plain_pass(model, ids, max_length, args.plain_batch, device),
+                    partial(plain_pass, model, ids, max_length, args.plain_batch, device),
                     device,
                     args.repeats,
                 )
@@ -371,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             encoder.encode_ids(ids)  # warm-up (and compilation) over the whole length distribution
             err = check_agreement(model, encoder, ids, max_length, device)
             before = encoder.stats.padded_tokens
-            times = time_passes(lambda ids=ids, e=encoder: e.encode_ids(ids), device, args.repeats)
+            times = time_passes(partial(encoder.encode_ids, ids), device, args.repeats)
             record(label, name, times, (encoder.stats.padded_tokens - before) // args.repeats)
             results[-1]["rel_error_vs_padded"] = err
             print(f"  {'':<22} {name:<6} rel. error vs padded-to-{max_length}: {err:.2e}", flush=True)

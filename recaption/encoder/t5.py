@@ -20,8 +20,8 @@ Two forward implementations compute the same function (tests check they agree):
 ``kernel="transformers"`` calls ``T5EncoderModel`` (``attention="sdpa"`` or ``"eager"``);
 ``kernel="fused"`` runs the same weights through :class:`FusedT5Encoder`, which does q/k/v in one
 matrix product and the two gated-GELU input projections in another, adds the position bias and the
-padding mask once per batch instead of once per layer, and can be ``torch.compile``d per layer
-(one compiled block reused by all 24 layers, dynamic batch and length).
+padding mask once per batch instead of once per layer, and on GPU is ``torch.compile``d per layer
+(one compiled block reused by all 24 layers, dynamic batch and length; uncompiled if that fails).
 
 Numerics: T5 v1.1 overflows in float16, so the compute dtype is bfloat16 on GPU (same exponent range
 as float32) and float32 on CPU. Everything runs in bfloat16, as PixArt-α's ``T5Embedder`` does
@@ -33,6 +33,7 @@ cores.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -42,6 +43,8 @@ import numpy as np
 
 from recaption.encoder.cleaning import clean_caption
 from recaption.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -123,7 +126,7 @@ class TextEncoderConfig:
     batch_cost_tokens: int = 512  # what one more forward call costs, in padded tokens (plan_batches)
     kernel: str = "auto"  # auto: fused on cuda, transformers on cpu
     attention: str = "sdpa"  # for kernel="transformers"
-    compile: bool = False  # torch.compile the fused block (kernel="fused")
+    compile: bool | None = None  # torch.compile the fused block; None: on cuda (falls back if it fails)
     keep_fp32_wo: bool = False
     use_safetensors: bool | None = None  # None: safetensors when the repo has them
     local_files_only: bool = False
@@ -316,11 +319,17 @@ class FusedT5Encoder:
                         ff.wo.weight,
                     )
                 )
-        self._rms_norm, self._block = _kernels()
+        self._rms_norm, self._eager_block = _kernels()
+        self._block = self._eager_block
         if compile:
             # One graph for all layers (weights are arguments), shapes symbolic in batch and length.
-            self._block = torch.compile(self._block, dynamic=True, fullgraph=True)
+            self._block = torch.compile(self._eager_block, dynamic=True, fullgraph=True)
         self._bias_cache: torch.Tensor | None = None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled block is in use (false after a compilation failure fell back)."""
+        return self._block is not self._eager_block
 
     def position_bias(self, length: int) -> torch.Tensor:
         """(1, heads, length, length) relative position bias; cached, since the bias of a shorter
@@ -350,9 +359,24 @@ class FusedT5Encoder:
         bias = self.position_bias(length).to(h.dtype)
         keep = attention_mask.bool()[:, None, None, :]
         bias = torch.where(keep, bias, torch.finfo(h.dtype).min)
+        try:
+            out = self._layers(h, bias)
+        except Exception as exc:
+            if not self.compiled:
+                raise
+            # A compiler that fails on this machine (no C compiler for Triton, an unsupported GPU)
+            # costs speed, not the job: the same block runs uncompiled.
+            logger.warning(
+                "T5 fused block: torch.compile failed (%s: %s); running uncompiled", type(exc).__name__, exc
+            )
+            self._block = self._eager_block
+            out = self._layers(h, bias)
+        return self._rms_norm(out, self.final_norm, self.eps)
+
+    def _layers(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         for weights in self.layers:
             h = self._block(h, bias, *weights, self.n_heads, self.d_kv, self.eps)
-        return self._rms_norm(h, self.final_norm, self.eps)
+        return h
 
 
 def _concat_as_views(linears: Sequence[Any]) -> torch.Tensor:
@@ -513,7 +537,8 @@ class TextEncoder:
         kernel = cfg.kernel
         if kernel == "auto":
             kernel = "fused" if device.type == "cuda" else "transformers"
-        self.fused = FusedT5Encoder(model, compile=cfg.compile) if kernel == "fused" else None
+        compile_ = device.type == "cuda" if cfg.compile is None else cfg.compile
+        self.fused = FusedT5Encoder(model, compile=compile_) if kernel == "fused" else None
         return self
 
     def check_hidden_size(self, model_config: Any) -> None:

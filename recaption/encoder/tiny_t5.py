@@ -9,13 +9,14 @@ hub. :func:`build_tiny_t5` writes one in well under a second:
   has T5's layout: ``<pad>`` = 0, ``</s>`` = 1 (appended to every sequence), ``<unk>`` = 2, the
   ``▁`` word-start marker, no sentinel ``<extra_id_*>`` tokens;
 - the model is ``T5EncoderModel`` with T5 v1.1's architecture (gated-GELU feed-forward, relative
-  position buckets, RMS layer norms, untied embeddings) at toy sizes, seeded, saved as
+  position buckets, RMS layer norms) at toy sizes, seeded, saved as
   safetensors.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 __all__ = ["TRAINING_TEXT", "build_tiny_t5"]
 
@@ -99,7 +100,7 @@ def build_tiny_t5(
     tokenizer = T5Tokenizer(vocab=_train_vocab(vocab_size), extra_ids=0, model_max_length=512)
     tokenizer.save_pretrained(str(out))
 
-    config = T5Config(
+    settings: dict[str, Any] = dict(
         vocab_size=len(tokenizer),
         d_model=d_model,
         d_kv=d_kv,
@@ -109,12 +110,13 @@ def build_tiny_t5(
         relative_attention_num_buckets=32,
         relative_attention_max_distance=128,
         feed_forward_proj="gated-gelu",  # T5 v1.1
-        tie_word_embeddings=False,  # T5 v1.1 does not tie input and output embeddings
+        tie_word_embeddings=False,  # as v1.1's config says (decoder-side only; the encoder ignores it)
         dropout_rate=0.0,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )
+    config = T5Config(**settings)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = T5EncoderModel(config).eval()

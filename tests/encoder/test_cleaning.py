@@ -168,7 +168,8 @@ def _reference_cleaner():
         bad_punct_regex = PixArtAlphaPipeline.bad_punct_regex
 
     def ref(text: str) -> str:
-        return PixArtAlphaPipeline._clean_caption(_Self, PixArtAlphaPipeline._clean_caption(_Self, text))
+        once = PixArtAlphaPipeline._clean_caption(_Self, text)  # type: ignore[arg-type]
+        return PixArtAlphaPipeline._clean_caption(_Self, once)  # type: ignore[arg-type]
 
     return ref
 

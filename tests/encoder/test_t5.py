@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,12 +44,17 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 def make(tiny_model: str, **overrides) -> TextEncoder:
-    cfg = {"preset": "alpha", "model": tiny_model, "expected_hidden_size": TINY_HIDDEN, "device": "cpu"}
+    cfg: dict[str, Any] = {
+        "preset": "alpha",
+        "model": tiny_model,
+        "expected_hidden_size": TINY_HIDDEN,
+        "device": "cpu",
+    }
     cfg.update(overrides)
     return TextEncoder(TextEncoderConfig(**cfg)).load()
 
 
-def padded_reference(enc: TextEncoder, texts: list[str]) -> torch.Tensor:
+def padded_reference(enc: TextEncoder, texts: list[str]) -> Any:
     """PixArt's computation: pad every caption to max_length, one batch, transformers' forward."""
     tok = enc.tokenizer(
         texts, max_length=enc.max_length, padding="max_length", truncation=True, return_tensors="pt"
@@ -128,6 +134,7 @@ def test_fused_forward_equals_transformers_in_float32(tiny_model):
     torch.testing.assert_close(got[mask], ref[mask], rtol=1e-5, atol=1e-5)
     # The fused projections are views of the model's own weights: nothing copied, model intact.
     q = enc.model.encoder.block[0].layer[0].SelfAttention.q.weight
+    assert enc.fused is not None
     assert q.untyped_storage().data_ptr() == enc.fused.layers[0][1].untyped_storage().data_ptr()
 
 
@@ -174,6 +181,33 @@ def test_keep_fp32_wo(tiny_model):
         ref = plain.forward(tok.input_ids, tok.attention_mask)
     mask = tok.attention_mask.bool()
     torch.testing.assert_close(got[mask].float(), ref[mask].float(), rtol=0.05, atol=0.05)
+
+
+def test_compile_is_off_on_cpu_by_default(tiny_model):
+    enc = make(tiny_model, kernel="fused")
+    assert enc.config.compile is None
+    assert enc.fused is not None
+    assert not enc.fused.compiled
+
+
+def test_a_failing_compiler_falls_back_to_the_uncompiled_block(tiny_model, monkeypatch, caplog):
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("no compiler here")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    enc = make(tiny_model, kernel="fused", compile=True)
+    assert enc.fused is not None
+    assert enc.fused.compiled
+    with caplog.at_level("WARNING"):
+        feats = enc.encode(CAPTIONS)
+    assert not enc.fused.compiled
+    assert "no compiler here" in caplog.text
+    want = make(tiny_model, kernel="fused", compile=False).encode(CAPTIONS)
+    for got, ref in zip(feats, want, strict=True):
+        np.testing.assert_array_equal(got.features, ref.features)
 
 
 # -- bad input -------------------------------------------------------------------------------------
