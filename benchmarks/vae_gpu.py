@@ -138,8 +138,12 @@ def bench_attention(
     side = int(tokens**0.5)
     x = torch.randn(batch, c, side, side, device=device, dtype=dtype)
     out = {}
-    for name in ("math", "efficient", "flash", "cudnn"):
+    for name in ("gemm", "math", "efficient", "flash", "cudnn"):
         try:
+            if name == "gemm":
+                from recaption.encoder.vae import GemmAttnProcessor
+
+                attn.set_processor(GemmAttnProcessor())
             with torch.inference_mode(), _sdpa_backend(name):
                 attn(x)
                 sync(torch)
@@ -149,10 +153,34 @@ def bench_attention(
                 sync(torch)
             out[name] = (time.perf_counter() - t0) / 3 / batch * 1e3
             log(f"  attention {name:10s} {out[name]:8.2f} ms/image")
+            if name == "gemm":
+                from diffusers.models.attention_processor import AttnProcessor2_0
+
+                attn.set_processor(AttnProcessor2_0())
         except Exception as e:
             log(f"  attention {name:10s} unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
     del vae
     return out
+
+
+def profile(torch: Any, encoder: Any, batches: list[np.ndarray]) -> None:
+    """Top GPU kernels over a few batches (already warm), by total device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for b in batches:
+            encoder.encode_arrays(b, to_cpu=False)
+        sync(torch)
+    n = sum(b.shape[0] for b in batches)
+    events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0]
+    events.sort(key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in events)
+    log(f"profile: {n} images, GPU busy {total / 1e3 / n:.2f} ms/image; top kernels:")
+    for e in events[:25]:
+        log(
+            f"  {e.device_time_total / 1e3 / n:7.3f} ms/img {e.count // len(batches):5d}/batch  {e.key[:110]}"
+        )
 
 
 def main() -> None:
@@ -167,6 +195,7 @@ def main() -> None:
         "--budget-s", type=float, default=210.0, help="skip variants once this much time is spent"
     )
     ap.add_argument("--json", default="", help="also write the results here")
+    ap.add_argument("--profile", action="store_true", help="print the top GPU kernels of the best variant")
     args = ap.parse_args()
 
     import torch
@@ -215,7 +244,15 @@ def main() -> None:
         "norms-cl-b16": {"channels_last": True, "compile": "norms", "batch_size": 16},
         "full-cl": {"channels_last": True, "compile": "full"},
         "full-cl-b16": {"channels_last": True, "compile": "full", "batch_size": 16},
-        "norms-cl-math": {"channels_last": True, "compile": "norms", "attention": "math"},
+        "norms-cl-gemm": {"channels_last": True, "compile": "norms", "attention": "gemm"},
+        "full-cl-gemm": {"channels_last": True, "compile": "full", "attention": "gemm"},
+        "full-cl-gemm-pad": {
+            "channels_last": True,
+            "compile": "full",
+            "attention": "gemm",
+            "pad_input": True,
+        },
+        "full-cl-gemm-b16": {"channels_last": True, "compile": "full", "attention": "gemm", "batch_size": 16},
     }
     best: tuple[float, str] = (0.0, "")
     for name in args.variants:
@@ -264,6 +301,8 @@ def main() -> None:
                 f"(x{ips / results[f'plain_{res}']:.2f} plain; warm-up {warm:.1f}s, {len(batches)} batches)"
             )
         res = args.resolutions[0]
+        if args.profile and on_gpu:
+            profile(torch, enc, make_batches(bucket_plan(n_images, res, scale_down), opts["batch_size"])[:6])
         rng = np.random.default_rng(1)
         # Originals 1.5x the bucket (a typical downscale), so the CPU resize is real work.
         pil = []

@@ -82,7 +82,9 @@ SDXL_VAE_CONFIG: dict[str, Any] = {**SD_VAE_CONFIG, "sample_size": 1024, "scalin
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 STORE_DTYPES = ("float16", "bfloat16", "float32")
 COMPILE_MODES = ("none", "norms", "full")
-ATTENTION_BACKENDS = ("auto", "math", "efficient", "flash", "cudnn")
+# "gemm": exact attention as two matrix products around a softmax (see GemmAttnProcessor); the
+# others pick an SDPA kernel. The VAE's single 512-wide head has no flash or cuDNN kernel.
+ATTENTION_BACKENDS = ("auto", "gemm", "math", "efficient", "flash", "cudnn")
 
 
 def resolve_preset(name: str) -> VaePreset:
@@ -110,7 +112,8 @@ class VaeConfig:
     min_ratio: float | None = None  # also drop very wide images (PixArt keeps them)
     channels_last: bool = True
     compile: str = "none"  # "none" | "norms" (fused GroupNorm+SiLU graphs) | "full"
-    attention: str = "auto"  # SDPA backend of the mid-block attention
+    attention: str = "auto"  # the mid-block attention: "gemm" or an SDPA backend
+    pad_input: bool = False  # feed RGB as 8 channels (5 zero channels, zero weights): exact, cuDNN-friendlier
     cudnn_benchmark: bool = True
     slicing: bool = False  # diffusers' enable_slicing (one image at a time)
     tiling: bool = False  # diffusers' enable_tiling (changes the latents: off by default)
@@ -286,6 +289,94 @@ def fuse_norms(encoder: Any, fn: Any = group_norm_act) -> int:
     return n
 
 
+class GemmAttnProcessor:
+    """The VAE's spatial self-attention as ``softmax(Q Kᵀ · scale) V`` with two batched GEMMs.
+
+    Same mathematics as diffusers' ``AttnProcessor2_0`` (single-input self-attention, group norm,
+    residual, rescale); the scale is applied inside the first GEMM (cuBLAS alpha) as SDPA scales
+    ``Q``; probabilities are rounded to the compute dtype before the second GEMM, as flash kernels
+    do. It materialises the (tokens x tokens) scores: 512 MiB per 1024-px image in bfloat16.
+    """
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: Any,
+        encoder_hidden_states: Any = None,
+        attention_mask: Any = None,
+        temb: Any = None,
+    ) -> Any:
+        import torch
+
+        unsupported = (encoder_hidden_states, attention_mask, attn.spatial_norm, attn.norm_q)
+        if any(x is not None for x in unsupported):
+            raise NotImplementedError("GemmAttnProcessor handles the VAE's plain self-attention only")
+        residual = hidden_states
+        b, c, h, w = hidden_states.shape
+        x = hidden_states.view(b, c, h * w).transpose(1, 2)
+        if attn.group_norm is not None:
+            x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
+        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        heads = attn.heads
+        d = k.shape[-1] // heads
+
+        def split(t: Any) -> Any:
+            return t.view(b, -1, heads, d).transpose(1, 2).reshape(b * heads, -1, d)
+
+        q, k, v = split(q), split(k), split(v)
+        scores = torch.baddbmm(
+            torch.empty(q.shape[0], q.shape[1], k.shape[1], dtype=q.dtype, device=q.device),
+            q,
+            k.transpose(1, 2),
+            beta=0.0,
+            alpha=d**-0.5,
+        )
+        probs = scores.softmax(dim=-1)
+        del scores
+        out = torch.bmm(probs, v)
+        out = out.view(b, heads, -1, d).transpose(1, 2).reshape(b, -1, heads * d)
+        out = attn.to_out[1](attn.to_out[0](out))
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+def use_gemm_attention(encoder: Any) -> int:
+    """Give every attention block of ``encoder`` the :class:`GemmAttnProcessor`; returns how many."""
+    from diffusers.models.attention_processor import Attention
+
+    n = 0
+    for module in encoder.modules():
+        if isinstance(module, Attention):
+            module.set_processor(GemmAttnProcessor())
+            n += 1
+    return n
+
+
+PADDED_INPUT_CHANNELS = 8
+
+
+def pad_conv_in(encoder: Any, channels: int = PADDED_INPUT_CHANNELS) -> None:
+    """Widen ``conv_in`` to ``channels`` inputs with zero weights for the extra ones.
+
+    With zero-filled extra input channels the output is the same convolution; cuDNN has fast
+    channels-last kernels for 8 input channels, not always for 3.
+    """
+    import torch
+
+    old = encoder.conv_in
+    new = torch.nn.Conv2d(
+        channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=old.bias is not None
+    ).to(device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    encoder.conv_in = new
+
+
 # -- the encoder -----------------------------------------------------------------------------------
 @dataclass
 class _Prepared:
@@ -353,6 +444,12 @@ class ImageEncoder:
             vae.to(memory_format=torch.channels_last)
         if on_gpu and cfg.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
+        if cfg.attention == "gemm":
+            use_gemm_attention(vae.encoder)
+        if cfg.pad_input:
+            pad_conv_in(vae.encoder)
+            if cfg.channels_last:
+                vae.encoder.conv_in.to(memory_format=torch.channels_last)
         if cfg.compile == "norms" and cfg.channels_last:
             fn = torch.compile(group_norm_act, dynamic=True) if on_gpu else group_norm_act
             fuse_norms(vae.encoder, fn)
@@ -513,6 +610,9 @@ class ImageEncoder:
         # (B, H, W, 3) → (B, 3, H, W) is already channels-last in memory. Same float ops, in the
         # same order, as torchvision's ToTensor (x / 255) then Normalize(0.5, 0.5).
         x = t.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5).div_(0.5).to(self.compute_dtype)
+        if cfg.pad_input:
+            zeros = x.new_zeros(x.shape[0], PADDED_INPUT_CHANNELS - x.shape[1], *x.shape[2:])
+            x = torch.cat([x, zeros], dim=1)
         x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x.contiguous()
         with torch.inference_mode(), _sdpa_backend(cfg.attention):
             moments = self._moments_fn(x)
@@ -548,7 +648,7 @@ class _sdpa_backend:
         self._ctx: Any = None
 
     def __enter__(self) -> None:
-        if self.name == "auto":
+        if self.name in ("auto", "gemm"):
             return
         from torch.nn.attention import SDPBackend, sdpa_kernel
 

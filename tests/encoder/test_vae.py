@@ -191,6 +191,27 @@ def test_fusing_the_encoder_norms_leaves_its_output_unchanged(vae_dir: str) -> N
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_gemm_attention_and_padded_input_give_the_same_latents(vae_dir: str) -> None:
+    images = [noise_image(320, 240, 11), noise_image(256, 256, 12)]
+    plain = ImageEncoder(
+        VaeConfig(model=vae_dir, resolutions=(256,), store_dtype="float32", preprocess_threads=0)
+    )
+    fast = ImageEncoder(
+        VaeConfig(
+            model=vae_dir,
+            resolutions=(256,),
+            store_dtype="float32",
+            attention="gemm",
+            pad_input=True,
+            compile="norms",  # eager on the CPU: the fused function itself
+            preprocess_threads=0,
+        )
+    ).load()
+    assert fast.vae.encoder.conv_in.in_channels == 8
+    for a, b in zip(plain.encode(images, 256), fast.encode(images, 256), strict=True):
+        np.testing.assert_allclose(b.latent, a.latent, rtol=1e-4, atol=1e-5)
+
+
 def test_a_model_that_does_not_match_the_preset_fails_at_load(tmp_path) -> None:
     folder = build_tiny_vae(str(tmp_path / "eight"), latent_channels=8)
     with pytest.raises(ConfigError, match="8 latent channels"):
@@ -228,12 +249,25 @@ def test_config_is_picklable_and_metadata_describes_the_run(encoder: ImageEncode
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("compile_mode", ["none", "norms", "full"])
-def test_gpu_bfloat16_fast_path_matches_cpu_float32(vae_dir: str, compile_mode: str) -> None:
+@pytest.mark.parametrize(
+    ("compile_mode", "attention", "pad"),
+    [("none", "auto", False), ("norms", "auto", False), ("full", "auto", False), ("full", "gemm", True)],
+)
+def test_gpu_bfloat16_fast_path_matches_cpu_float32(
+    vae_dir: str, compile_mode: str, attention: str, pad: bool
+) -> None:
     images = [noise_image(400, 300, 1), noise_image(300, 400, 2), noise_image(333, 333, 3)]
     cpu = ImageEncoder(VaeConfig(model=vae_dir, resolutions=(256,), device="cpu")).encode(images, 256)
     gpu_enc = ImageEncoder(
-        VaeConfig(model=vae_dir, resolutions=(256,), device="cuda", compile=compile_mode, channels_last=True)
+        VaeConfig(
+            model=vae_dir,
+            resolutions=(256,),
+            device="cuda",
+            compile=compile_mode,
+            channels_last=True,
+            attention=attention,
+            pad_input=pad,
+        )
     )
     gpu = gpu_enc.encode(images, 256)
     assert str(gpu_enc.compute_dtype) == "torch.bfloat16"
