@@ -150,13 +150,15 @@ def closest_bucket(height: float, width: float, table: Mapping[str, Any] | int) 
 
 
 def bucket_for_key(key: str | float, resolution: int) -> Bucket:
-    """The bucket of ``resolution`` whose key is ``key`` (a string like ``'0.57'`` or its float)."""
+    """The bucket of ``resolution`` whose key is ``key`` (a string like ``'0.57'``, or its value as a
+    float or float32)."""
     tab = table_for(resolution)
     if isinstance(key, str) and key in tab:
         h, w = tab[key]
         return Bucket(key=key, height=int(h), width=int(w))
     for k, (h, w) in tab.items():
-        if float(k) == float(key):
+        # Tolerant of float32 storage (vae_R_ratio): keys are 0.01 apart.
+        if abs(float(k) - float(key)) < 1e-4:
             return Bucket(key=k, height=int(h), width=int(w))
     raise KeyError(f"no bucket with ratio {key!r} in ASPECT_RATIO_{resolution}")
 
