@@ -68,8 +68,12 @@ def write_features(
     """Encode noise images of ``sizes`` and write them as ``part-{i:05d}.parquet`` per shard."""
     rng = np.random.default_rng(seed)
     keys = keys or [f"img{i:03d}" for i in range(len(sizes))]
-    images = [Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)) for w, h in sizes]
-    encoded = encoder.encode_all(images)
+    used = sorted({i for members in shards for i in members})
+    images = [
+        Image.fromarray(rng.integers(0, 256, size=(sizes[i][1], sizes[i][0], 3), dtype=np.uint8))
+        for i in used
+    ]
+    encoded = dict(zip(used, encoder.encode_all(images), strict=True))
     meta = metadata or make_metadata(encoder)
     out = FeatureFolder(
         url=str(folder), files=[], keys=keys, sizes=dict(zip(keys, sizes, strict=True)), metadata=meta
