@@ -276,3 +276,23 @@ def test_gpu_bfloat16_fast_path_matches_cpu_float32(
         assert a.latent.shape == b.latent.shape
         np.testing.assert_allclose(b.mean, a.mean, atol=0.05, rtol=0.05)
         np.testing.assert_allclose(b.std, a.std, atol=0.05, rtol=0.05)
+
+
+def test_real_photos_decoded_by_the_foundation_encode_at_their_buckets(encoder: ImageEncoder) -> None:
+    from pathlib import Path
+
+    from recaption.images.decode import decode_image
+
+    sam = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sam"
+    files = sorted(sam.glob("*.jpg")) if sam.is_dir() else []
+    if not files:
+        pytest.skip(f"real photos not found in {sam} (../shared/data is absent on this machine)")
+    decoded = [decode_image(p.read_bytes()) for p in files[:3]]
+    results = encoder.encode(
+        [d.image for d in decoded], 256, orig_sizes=[(d.width, d.height) for d in decoded]
+    )
+    for d, r in zip(decoded, results, strict=True):
+        bucket = B.closest_bucket(d.height, d.width, 256)
+        assert r.bucket == bucket
+        assert r.latent.shape == (8, bucket.height // 8, bucket.width // 8)
+        assert np.isfinite(r.as_float32()).all()

@@ -197,3 +197,19 @@ def test_single_scale_features_follow_internaldata(tmp_path, tiny_vae_dir) -> No
     assert info["img_hw"].tolist() == [256.0, 256.0]
     assert float(info["aspect_ratio"]) == 1.0
     assert info["prompt"] == folder.captions["dense"][ds.keys[1]]
+
+
+def test_feature_files_are_found_in_folders_files_globs_and_lists(features, tmp_path) -> None:
+    from recaption.errors import SourceError
+    from recaption.pixart.features import list_feature_files
+
+    assert list_feature_files(features.url) == features.files
+    assert list_feature_files(features.files[1]) == [features.files[1]]
+    assert list_feature_files(features.url + "/part-*.parquet") == features.files
+    assert list_feature_files([features.files[1], features.url]) == features.files
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "_stats").mkdir()
+    with pytest.raises(SourceError, match="holds no feature shards"):
+        list_feature_files(str(tmp_path / "empty"))
+    with pytest.raises(SourceError, match="no such file or folder"):
+        list_feature_files(str(tmp_path / "missing"))
