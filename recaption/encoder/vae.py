@@ -349,7 +349,7 @@ def use_gemm_attention(encoder: Any) -> int:
     n = 0
     for module in encoder.modules():
         if isinstance(module, Attention):
-            module.set_processor(GemmAttnProcessor())
+            module.set_processor(GemmAttnProcessor())  # type: ignore[arg-type]
             n += 1
     return n
 
@@ -372,7 +372,7 @@ def pad_conv_in(encoder: Any, channels: int = PADDED_INPUT_CHANNELS) -> None:
     with torch.no_grad():
         new.weight.zero_()
         new.weight[:, : old.in_channels] = old.weight
-        if old.bias is not None:
+        if old.bias is not None and new.bias is not None:
             new.bias.copy_(old.bias)
     encoder.conv_in = new
 

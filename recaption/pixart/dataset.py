@@ -160,8 +160,8 @@ class FeatureDataset(_import_torch_dataset()):  # type: ignore[misc]
         for k in bucket_keys:
             self.ratio_nums[float(k)] += 1
         self.ratio_index: dict[float, list[int]] = {float(k): [] for k in self.aspect_ratio}
-        for i, k in enumerate(bucket_keys):
-            self.ratio_index[float(k)].append(i)
+        for j, k in enumerate(bucket_keys):
+            self.ratio_index[float(k)].append(j)
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -94,7 +94,10 @@ class ExportSummary:
 
 def _npz_bytes(arrays: dict[str, np.ndarray], compress: bool) -> bytes:
     buf = _io.BytesIO()
-    (np.savez_compressed if compress else np.savez)(buf, **arrays)
+    if compress:
+        np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    else:
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
 
 
