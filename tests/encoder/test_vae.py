@@ -245,6 +245,9 @@ def test_config_is_picklable_and_metadata_describes_the_run(encoder: ImageEncode
     assert meta.resolutions == [256, 512]
     assert meta.dtype == "float16"
     assert meta.compute_dtype == "float32"  # CPU
+    # "auto" on the CPU: nothing compiled, and then NCHW (channels-last only pays with fused norms)
+    assert encoder.compile_mode == "none"
+    assert encoder.channels_last is False
 
 
 @pytest.mark.gpu
