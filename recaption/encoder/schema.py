@@ -38,13 +38,14 @@ version, the preset, the T5 model/revision/hidden size/dtype/max_length/cleaning
 model/revision/latent channels/scale factor (applied at training time, never stored in the
 latents)/dtype/resolutions.
 
-Why raw ``binary``: ``benchmarks/feature_layout.py`` measured (2-core machine, under load) 128 KiB
-float16 tensors written at ~1.6 GB/s and read back at ~3 GB/s as uncompressed ``binary``, against
-~0.14 / 0.28 GB/s as ``fixed_size_list<float16>`` (11x slower both ways) and ~0.19 / 0.37 GB/s as
-``list<float16>``. ``fixed_size_binary`` wrote at ~0.9 GB/s and cannot hold the variable sizes
-(T5 lengths, buckets) anyway. zstd saved only 8% on latents at a 5x slower write, so tensor
-columns are written uncompressed, without dictionary or statistics; the small columns use zstd.
-All of this is plain parquet: pandas, polars, duckdb and ``datasets`` read it without our code.
+Why raw ``binary``: ``benchmarks/feature_layout.py`` (two runs on a loaded 2-core machine, so
+noisy) wrote 128 KiB float16 tensors at 0.8-1.6 GB/s and read them back at 3.0-3.2 GB/s as
+uncompressed ``binary``, against 0.14-0.17 / 0.28-0.41 GB/s as ``fixed_size_list<float16>`` and
+0.17-0.19 / 0.37-0.41 GB/s as ``list<float16>`` (5-11x slower). ``fixed_size_binary`` is as fast as
+``binary`` but cannot hold variable sizes (T5 lengths, buckets). lz4/snappy saved nothing on latents
+and zstd 8% at a 3-5x slower write, so tensor columns are written uncompressed, without dictionary or
+statistics; the small columns use zstd. All of this is plain parquet: pandas, polars, duckdb and
+``datasets`` read it without our code.
 
 Output files: input shard ``i`` becomes ``part-{i:05d}.parquet`` (the stage layout's rule).
 :class:`ShardSizePolicy` caps a file's row groups by rows and/or bytes (the default, so resume stays
