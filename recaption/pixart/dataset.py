@@ -27,6 +27,9 @@ third of its list, we count all), ``get_data_info(i)``, ``load_vae_feat``, ``ori
 Rows are read a parquet row group at a time and the last few row groups are cached per worker, so
 keep row groups modest (``ShardSizePolicy``) for shuffled access, or use the sampler's
 ``locality`` option, which shuffles row groups and rows within a window of them.
+
+Importing this module imports torch (the Dataset subclasses torch's): it is for training code;
+the CLI's ``export-pixart`` needs only :mod:`recaption.pixart.export`, which does not.
 """
 
 from __future__ import annotations
