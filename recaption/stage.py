@@ -41,6 +41,10 @@ class Stage(ABC):
     def schema(self) -> Any:
         """The ``pyarrow.Schema`` of the data shards."""
 
+    def parquet_options(self) -> dict[str, Any]:
+        """Extra ``pyarrow.parquet.ParquetWriter`` arguments for the data shards."""
+        return {}
+
     def file_metadata(self) -> dict[str, str]:
         """Key-value metadata stored in every data shard (e.g. model ids)."""
         return {}

@@ -32,3 +32,19 @@ def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     from recaption.captioner.tiny import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava") / "llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random-weight T5 encoder and tokenizer saved to disk (hidden size 32)."""
+    from recaption.encoder.tiny_t5 import build_tiny_t5
+
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny-t5") / "t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random-weight AutoencoderKL saved to disk (4 latent channels, like SD's)."""
+    from recaption.encoder.tiny_vae import build_tiny_vae
+
+    return build_tiny_vae(str(tmp_path_factory.mktemp("tiny-vae") / "vae"))

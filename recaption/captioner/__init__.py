@@ -6,7 +6,6 @@ torch and transformers are imported when a model is loaded.
 
 - :mod:`.prompts` — PixArt's prompt presets and validated ``{raw_caption}`` templates;
 - :mod:`.model` — :class:`CaptionerConfig`, :class:`Captioner`, :class:`CaptionResult`;
-- :mod:`.prefetch` — CPU preparation of the next batch while the current one generates;
 - :mod:`.repetition` — degenerate-repetition detection;
 - :mod:`.sampling` — per-sample reproducible sampling (imports torch);
 - :mod:`.tiny` — a tiny random-weight LLaVA for tests and dry runs.

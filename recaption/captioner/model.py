@@ -34,9 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from recaption.captioner.prefetch import describe_error, prefetch_batches
 from recaption.captioner.repetition import detect_text_repetition
 from recaption.errors import ConfigError
+from recaption.prefetch import describe_error, prefetch_batches
 
 if TYPE_CHECKING:
     from PIL import Image

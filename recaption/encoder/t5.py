@@ -406,7 +406,7 @@ def _kernels() -> tuple[Any, Any]:
             h = h.to(weight.dtype)
         return weight * h
 
-    def block(  # noqa: PLR0917 (weights are positional so one compiled graph serves every layer)
+    def block(
         h: torch.Tensor,
         bias: torch.Tensor,
         ln_attn: torch.Tensor,

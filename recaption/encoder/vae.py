@@ -212,9 +212,7 @@ class LatentResult:
 
 
 # -- fused GroupNorm + SiLU in channels-last layout ------------------------------------------------
-def group_norm_act(  # noqa: PLR0917 (a kernel-like function, called positionally by torch.compile)
-    x: Any, weight: Any, bias: Any, num_groups: int, eps: float, act: bool
-) -> Any:
+def group_norm_act(x: Any, weight: Any, bias: Any, num_groups: int, eps: float, act: bool) -> Any:
     """GroupNorm (float32 statistics) followed by SiLU when ``act``, keeping channels-last layout.
 
     Statistics are per-channel (a reduction over H·W, coalesced in NHWC) combined into groups

@@ -88,6 +88,7 @@ def run_shard(stage: Stage, shard: InputShard, output: str) -> dict[str, Any]:
         stage=stage.name,
         metadata=stage.file_metadata(),
         compression=stage.compression,
+        writer_options=stage.parquet_options(),
     )
     try:
         extra = stage.process_shard(shard, out)

@@ -44,6 +44,7 @@ class ShardOutput:
         metadata: dict[str, str] | None = None,
         compression: str = "zstd",
         row_group_rows: int | None = None,
+        writer_options: dict[str, Any] | None = None,
     ) -> None:
         import pyarrow as pa
 
@@ -56,6 +57,8 @@ class ShardOutput:
         self.schema: pa.Schema = schema.with_metadata(md) if md else schema
         self.compression = compression
         self.row_group_rows = row_group_rows
+        # e.g. per-column compression/dictionary/statistics for tensor columns (encoder schema)
+        self.writer_options = {"compression": compression, **(writer_options or {})}
         self.failures: list[Failure] = []
         self.counters: Counter[str] = Counter()
         self.rows = 0
@@ -74,7 +77,7 @@ class ShardOutput:
         io.makedirs(self.stage_dir.url)
         self._tmp = io.tmp_name(target)
         self._file = fsspec.open(self._tmp, "wb").open()
-        self._writer = pq.ParquetWriter(self._file, self.schema, compression=self.compression)
+        self._writer = pq.ParquetWriter(self._file, self.schema, **self.writer_options)
 
     def write(self, rows: list[dict[str, Any]] | Any) -> None:
         """Append rows (a list of dicts, or a ``pyarrow.Table``/``RecordBatch`` with the schema)."""

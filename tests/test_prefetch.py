@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from recaption.captioner.prefetch import describe_error, prefetch_batches
 from recaption.images.decode import DecodeError
+from recaption.prefetch import describe_error, prefetch_batches
 
 
 def test_batches_keep_order_and_size():

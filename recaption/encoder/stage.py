@@ -1,0 +1,339 @@
+"""The encode stage: caption shards in, PixArt feature shards out (one per caption shard).
+
+For every captioned sample it encodes the chosen captions with T5 (features at the real tokens
+only) and reopens the image through its reference to store VAE latents (posterior mean ‖ std) at
+each resolution's aspect-ratio bucket, resized and centre-cropped as PixArt's training does. The
+schema is :mod:`recaption.encoder.schema`. Samples that cannot be encoded (no caption, an image
+that no longer opens or does not decode, a ratio PixArt drops) get a manifest row; the rest go on.
+
+T5 and the VAE can run on different workers: a text-only stage (``image=None``) writes the T5
+columns, and a stage with ``text=None, text_from=<that folder>`` adds the latents to them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from recaption.encoder import schema as S
+from recaption.encoder.t5 import TextEncoder, TextEncoderConfig
+from recaption.encoder.vae import ImageEncoder, VaeConfig
+from recaption.errors import ConfigError
+from recaption.images.decode import DEFAULT_MAX_PIXELS, decode_image
+from recaption.readers.base import Failure, ImageRef, InputShard
+from recaption.shards.inputs import read_shard_table, stage_output_shards
+from recaption.shards.writer import ShardOutput
+from recaption.stage import Resources, Stage
+
+# Which caption column each encoded field reads.
+FIELD_COLUMNS = {"dense": "dense_caption", "raw": "raw_caption"}
+PRESETS = {
+    # PixArt-α: T5-XXL at 120 tokens with caption cleaning; SD's VAE (sd-vae-ft-ema); 256/512/1024.
+    "alpha": {"t5": "alpha", "vae": "sd-vae-ft-ema", "resolutions": (256, 512, 1024)},
+    # PixArt-Σ: the same T5 at 300 tokens, no cleaning; the SDXL VAE; up to 2048 (2K checkpoints).
+    "sigma": {"t5": "sigma", "vae": "sdxl", "resolutions": (256, 512, 1024)},
+}
+_TEXT_SEMANTIC = ("preset", "model", "revision", "max_length", "clean", "store_dtype", "keep_fp32_wo")
+_IMAGE_SEMANTIC = (
+    "preset",
+    "model",
+    "revision",
+    "subfolder",
+    "store_dtype",
+    "resolutions",
+    "multiscale",
+    "max_ratio",
+    "min_ratio",
+    "tiling",
+)
+
+
+def encode_configs(
+    preset: str = "alpha",
+    *,
+    t5_model: str | None = None,
+    vae_model: str | None = None,
+    resolutions: tuple[int, ...] | None = None,
+    device: str = "auto",
+    t5_hidden_size: int | None = None,
+    store_dtype: str = "float16",
+) -> tuple[TextEncoderConfig, VaeConfig]:
+    """The T5 and VAE configurations of a PixArt preset, with overrides."""
+    if preset not in PRESETS:
+        raise ConfigError("--preset", preset, sorted(PRESETS))
+    p = PRESETS[preset]
+    text = TextEncoderConfig(
+        preset=p["t5"],
+        model=t5_model,
+        device=device,
+        expected_hidden_size=t5_hidden_size,
+        store_dtype=store_dtype,
+    )
+    image = VaeConfig(
+        preset=p["vae"],
+        model=vae_model,
+        device=device,
+        resolutions=tuple(resolutions or p["resolutions"]),
+        store_dtype=store_dtype,
+    )
+    return text, image
+
+
+@dataclass
+class EncodeStage(Stage):
+    """T5 features and VAE latents for every captioned sample of a caption-shard folder."""
+
+    captions: str
+    text: TextEncoderConfig | None = field(default_factory=TextEncoderConfig)
+    image: VaeConfig | None = field(default_factory=VaeConfig)
+    fields: tuple[str, ...] = ("dense",)
+    preset: str = "alpha"
+    text_from: str | None = None  # a text-only feature folder whose t5 columns this stage reuses
+    expected_shards: tuple[int, ...] | None = None  # pipeline: the upstream's shard indices
+    batch_rows: int = 64  # samples per encode call (and per parquet row group)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    decode_threads: int = 4
+    name = "encode"
+
+    def __post_init__(self) -> None:
+        self.fields = tuple(self.fields)
+        for f in self.fields:
+            if f not in FIELD_COLUMNS:
+                raise ConfigError("--fields", f, sorted(FIELD_COLUMNS))
+        if not self.fields and self.text is not None:
+            raise ConfigError(
+                "--fields", "", sorted(FIELD_COLUMNS), hint="name at least one caption to encode"
+            )
+        if self.text is None and self.image is None:
+            raise ConfigError("encode", "nothing", ("text", "image", "both"))
+        if self.text is not None and self.text_from is not None:
+            raise ConfigError(
+                "text_from", self.text_from, "only with text=None (reuse T5 features from another run)"
+            )
+        if self.batch_rows < 1:
+            raise ConfigError("batch_rows", self.batch_rows, "a positive number of samples")
+        self._text_enc: TextEncoder | None = None
+        self._image_enc: ImageEncoder | None = None
+        self._schema: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_text_enc=None, _image_enc=None, _schema=None)
+        return state
+
+    # -- configuration -----------------------------------------------------------------------------
+    def resources(self) -> Resources:
+        devices = [c.device for c in (self.text, self.image) if c is not None]
+        if any(d.startswith("cuda") for d in devices):
+            return Resources(num_cpus=1, num_gpus=1)
+        if any(d == "auto" for d in devices):
+            return Resources(num_cpus=1, num_gpus=1, gpu_optional=True)
+        return Resources(num_cpus=1)
+
+    def fingerprint(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"captions": self.captions, "preset": self.preset, "fields": list(self.fields)}
+        if self.text is not None:
+            t = self.text.__dict__
+            out["text"] = {k: t.get(k) for k in _TEXT_SEMANTIC}
+        if self.image is not None:
+            i = self.image.__dict__
+            out["image"] = {
+                k: list(i[k]) if isinstance(i.get(k), tuple) else i.get(k) for k in _IMAGE_SEMANTIC
+            }
+        if self.text_from:
+            out["text_from"] = self.text_from
+        return out
+
+    def shards(self) -> list[InputShard]:
+        return stage_output_shards(self.captions, self.expected_shards, kind="captions")
+
+    # -- worker ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        if self.text is not None and self._text_enc is None:
+            self._text_enc = TextEncoder(self.text).load()
+        if self.image is not None and self._image_enc is None:
+            self._image_enc = ImageEncoder(self.image).load()
+
+    def teardown(self) -> None:
+        if self._image_enc is not None:
+            self._image_enc.close()
+        self._text_enc = self._image_enc = None
+
+    def metadata(self, text_meta: S.TextMeta | None = None) -> S.FeatureMetadata:
+        if self._text_enc is not None:
+            text_meta = S.TextMeta(**self._text_enc.text_meta(), fields=list(self.fields))
+        image_meta = self._image_enc.metadata() if self._image_enc is not None else None
+        return S.FeatureMetadata(preset=self.preset, text=text_meta, image=image_meta)
+
+    def schema(self) -> Any:
+        if self._schema is None:
+            self.setup()
+            text_meta = None
+            if self.text_from is not None:
+                text_meta = self._text_from_meta()
+            meta = self.metadata(text_meta)
+            self._schema = S.feature_schema(
+                self.fields if meta.text is not None else (),
+                meta.image.resolutions if meta.image is not None else (),
+                meta,
+            )
+        return self._schema
+
+    def parquet_options(self) -> dict[str, Any]:
+        return S.parquet_write_options(self.schema())
+
+    def _text_from_meta(self) -> S.TextMeta:
+        from recaption.shards.layout import StageDir
+
+        files = StageDir(self.text_from or "").data_files()
+        if not files:
+            raise ConfigError("text_from", self.text_from, "a folder of text feature shards")
+        meta = S.read_metadata(files[0])
+        if meta.text is None:
+            raise ConfigError("text_from", self.text_from, "feature shards with t5_* columns")
+        missing = [f for f in self.fields if f not in meta.text.fields]
+        if missing:
+            raise ConfigError(
+                "--fields",
+                ",".join(self.fields),
+                meta.text.fields,
+                hint=f"{self.text_from} has no T5 features for {missing}",
+            )
+        return meta.text
+
+    def process_shard(self, shard: InputShard, out: ShardOutput) -> dict[str, Any]:
+        from recaption.prefetch import prefetch_batches
+        from recaption.readers.refs import ImageOpener
+
+        self.setup()
+        cols = ["key", "image_uri", "image_member", "image_offset", "image_length", "width", "height"]
+        captions = [FIELD_COLUMNS[f] for f in self.fields] if self.text is not None else []
+        table = read_shard_table(shard, cols + captions, optional=["error", "finish_reason"])
+        rows = table.to_pylist()
+        text_rows = self._text_rows(shard) if self.text_from is not None else None
+        opener = ImageOpener()
+        todo: list[dict[str, Any]] = []
+        for r in rows:
+            if r.get("error"):
+                out.fail(self._failure(r, f"no caption to encode: captioning failed ({r['error']})"))
+                continue
+            if self.image is not None:
+                w, h = r.get("width"), r.get("height")
+                if w and h and self._image_enc is not None and (why := self._image_enc.check(int(w), int(h))):
+                    out.fail(self._failure(r, f"skipped: {why}"))
+                    out.count("dropped_aspect")
+                    continue
+            if text_rows is not None and r["key"] not in text_rows:
+                out.fail(self._failure(r, f"no T5 features for this key in {self.text_from}"))
+                continue
+            todo.append(r)
+
+        def load(r: dict[str, Any]) -> Any:
+            if self.image is None:
+                return None
+            ref = ImageRef.from_columns(r)
+            if ref is None:
+                raise ValueError("the caption shard has no image reference for this sample")
+            d = decode_image(opener.read(ref), max_pixels=self.max_pixels)
+            return d.image, (d.width, d.height)
+
+        for batch in prefetch_batches(todo, load, self.batch_rows, workers=self.decode_threads, depth=2):
+            ok: list[tuple[dict[str, Any], Any]] = []
+            for r, value, err in zip(batch.items, batch.values, batch.errors, strict=True):
+                if err is not None:
+                    out.fail(self._failure(r, f"cannot open the image: {err}"))
+                    continue
+                ok.append((r, value))
+            if self.image is not None:
+                keep = []
+                for r, (img, (w, h)) in ok:
+                    why = self._image_enc.check(w, h) if self._image_enc is not None else None
+                    if why:
+                        out.fail(self._failure(r, f"skipped: {why}"))
+                        out.count("dropped_aspect")
+                    else:
+                        keep.append((r, (img, (w, h))))
+                ok = keep
+            if not ok:
+                continue
+            out.write(self._encode(ok, out, text_rows))
+        return {"encoder": self._stats()}
+
+    def _text_rows(self, shard: InputShard) -> dict[str, dict[str, Any]]:
+        from recaption.shards.layout import StageDir
+
+        url = StageDir(self.text_from or "").data(shard.index)
+        cols = [S.t5_column(f, s) for f in self.fields for s in S.TEXT_SUFFIXES]
+        t = read_shard_table(InputShard(index=shard.index, uri=url), ["key", *cols])
+        return {r["key"]: r for r in t.to_pylist()}
+
+    def _encode(
+        self,
+        ok: list[tuple[dict[str, Any], Any]],
+        out: ShardOutput,
+        text_rows: dict[str, dict[str, Any]] | None,
+    ) -> list[dict[str, Any]]:
+        rows = [
+            {k: r.get(k) for k in ("key", "image_uri", "image_member", "image_offset", "image_length")}
+            | {"width": r.get("width"), "height": r.get("height")}
+            for r, _ in ok
+        ]
+        if self._text_enc is not None:
+            for f in self.fields:
+                feats = self._text_enc.encode([r[FIELD_COLUMNS[f]] for r, _ in ok])
+                for row, (r, _), feat in zip(rows, ok, feats, strict=True):
+                    row.update(
+                        S.text_row(
+                            f, feat.features, text=feat.text, truncated=feat.truncated, dtype=feat.dtype
+                        )
+                    )
+                    if feat.truncated:
+                        out.count(f"truncated_{f}")
+                        out.fail(
+                            self._failure(
+                                r,
+                                f"{f} caption has {feat.token_count} T5 tokens, over the "
+                                f"limit of {self._text_enc.max_length}: truncated",
+                                "warning",
+                            )
+                        )
+                    if feat.empty:
+                        out.count(f"empty_{f}")
+                        out.fail(
+                            self._failure(
+                                r,
+                                f"{f} caption is empty: encoded as the end-of-sequence token alone",
+                                "warning",
+                            )
+                        )
+        elif text_rows is not None:
+            for row, (r, _) in zip(rows, ok, strict=True):
+                src = text_rows[r["key"]]
+                row.update({k: v for k, v in src.items() if k.startswith("t5_")})
+        if self._image_enc is not None:
+            images = [v[0] for _, v in ok]
+            sizes = [v[1] for _, v in ok]
+            for row, (w, h) in zip(rows, sizes, strict=True):
+                row["width"], row["height"] = w, h
+            for row, per_res in zip(rows, self._image_enc.encode_all(images, sizes), strict=True):
+                for lat in per_res.values():
+                    row.update(lat.row())
+        out.count("encoded", len(rows))
+        return rows
+
+    def _failure(self, r: dict[str, Any], reason: str, severity: str = "error") -> Failure:
+        return Failure(
+            key=str(r.get("key") or ""),
+            stage=self.name,
+            reason=reason,
+            uri=str(r.get("image_uri") or ""),
+            member=str(r.get("image_member") or ""),
+            severity=severity,
+        )
+
+    def _stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self._text_enc is not None:
+            out["text"] = json.loads(json.dumps(self._text_enc.stats.__dict__))
+        return out
