@@ -3,7 +3,14 @@ load inside the command that needs them, so ``recaption --help`` is instant."""
 
 from __future__ import annotations
 
-from recaption.cli import caption_cmd, index_cmd, inspect_cmd, status_cmd  # noqa: F401  (registers the commands)
+from recaption.cli import (  # noqa: F401  (registers the commands)
+    caption_cmd,
+    encode_cmd,
+    index_cmd,
+    inspect_cmd,
+    status_cmd,
+    tiny_cmd,
+)
 from recaption.cli.app import app
 
 

@@ -1,0 +1,142 @@
+"""``recaption encode CAPTIONS OUTPUT`` and ``recaption export-pixart FEATURES DEST``."""
+
+from __future__ import annotations
+
+import typer
+
+from recaption.cli.app import app, handle_errors, print_json
+from recaption.cli.options import run_options
+
+
+def parse_resolutions(text: str | None) -> tuple[int, ...] | None:
+    from recaption.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError("--resolutions", text, "comma-separated sizes among 256, 512, 1024, 2048") from None
+
+
+@app.command("encode")
+@handle_errors
+def encode_command(
+    captions: str = typer.Argument(..., help="A folder of caption shards (`recaption caption` output)."),
+    output: str = typer.Argument(..., help="Output folder for feature shards."),
+    preset: str = typer.Option(
+        "alpha", "--preset", help="alpha (T5 120 tokens, cleaned; SD VAE) | sigma (300; SDXL VAE)."
+    ),
+    fields: str = typer.Option("dense", "--fields", help="Captions to encode: dense, raw, or dense,raw."),
+    what: str = typer.Option(
+        "both", "--what", help="both | text (T5 only) | image (VAE only; see --text-from)."
+    ),
+    text_from: str | None = typer.Option(
+        None, "--text-from", help="With --what image: reuse this run's T5 features."
+    ),
+    t5_model: str | None = typer.Option(
+        None, "--t5-model", help="T5 hub id or folder (default: the preset's)."
+    ),
+    t5_hidden_size: int | None = typer.Option(
+        None, "--t5-hidden-size", help="Expected hidden size (default: the preset's)."
+    ),
+    vae_model: str | None = typer.Option(
+        None, "--vae-model", help="VAE hub id or folder (default: the preset's)."
+    ),
+    resolutions: str | None = typer.Option(
+        None, "--resolutions", help="e.g. 256,512,1024 (default: the preset's)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu."),
+    store_dtype: str = typer.Option(
+        "float16", "--store-dtype", help="float16 | bfloat16 for stored tensors."
+    ),
+    batch_rows: int = typer.Option(
+        64, "--batch-rows", help="Samples per encode call and per parquet row group."
+    ),
+    executor: str = typer.Option(
+        "ray", "--executor", help="ray (actors, one per GPU) | local (this process)."
+    ),
+    ray_address: str | None = run_options.ray_address,
+    workers: int | None = run_options.workers,
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+) -> None:
+    """T5 text features and VAE latents in parquet shards that PixArt training loads."""
+    from recaption.encoder.stage import EncodeStage, encode_configs
+    from recaption.errors import ConfigError
+    from recaption.runner import RayOptions, run_stage
+
+    if what not in ("both", "text", "image"):
+        raise ConfigError("--what", what, ("both", "text", "image"))
+    text, image = encode_configs(
+        preset,
+        t5_model=t5_model,
+        vae_model=vae_model,
+        resolutions=parse_resolutions(resolutions),
+        device=device,
+        t5_hidden_size=t5_hidden_size,
+        store_dtype=store_dtype,
+    )
+    stage = EncodeStage(
+        captions=captions,
+        text=None if what == "image" else text,
+        image=None if what == "text" else image,
+        fields=tuple(f.strip() for f in fields.split(",") if f.strip()),
+        preset=preset,
+        text_from=text_from,
+        batch_rows=batch_rows,
+    )
+    summary = run_stage(
+        stage, output, executor=executor, ray=RayOptions(address=ray_address, num_workers=workers)
+    )
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        from recaption.cli.summary import print_summary
+
+        print_summary(summary)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command("export-pixart")
+@handle_errors
+def export_pixart_command(
+    features: str = typer.Argument(..., help="A folder of feature shards (`recaption encode` output)."),
+    dest: str = typer.Argument(..., help="Where to write PixArt's own layout (data_info.json, npz, npy)."),
+    caption_field: str | None = typer.Option(
+        None, "--caption", help="Caption field for `prompt` (default: first)."
+    ),
+    alt_caption_field: str | None = typer.Option(
+        None, "--alt-caption", help="PixArt-Σ's alternative caption field."
+    ),
+    resolutions: str | None = typer.Option(None, "--resolutions", help="Latents to export (default: all)."),
+    layouts: str = typer.Option("internal", "--layouts", help="Comma-separated layouts to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files already in DEST."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Write PixArt's own on-disk layout, so the unmodified PixArt training code can train on it."""
+    import dataclasses
+
+    from recaption.pixart.export import export_pixart
+
+    summary = export_pixart(
+        features,
+        dest,
+        caption_field=caption_field,
+        alt_caption_field=alt_caption_field,
+        resolutions=parse_resolutions(resolutions),
+        layouts=tuple(x.strip() for x in layouts.split(",") if x.strip()),
+        overwrite=overwrite,
+    )
+    d = dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else dict(summary.__dict__)
+    if as_json:
+        print_json(d)
+    else:
+        from rich.console import Console
+
+        c = Console(stderr=True)
+        c.print(f"[bold]export-pixart[/]: {d['rows']} images → {d['dest']} ({len(d['skipped'])} skipped)")
+        for folder, n in d["files"].items():
+            c.print(f"  {n:>7} files in {folder}")
+        if d["config_hint"]:
+            c.print("  PixArt config: " + ", ".join(f"{k}={v!r}" for k, v in d["config_hint"].items()))
