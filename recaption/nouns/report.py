@@ -135,9 +135,23 @@ MAIN_COLUMNS = (
     "Words / caption",
     "Tokens / caption",
     "Captions",
-    "Empty",
-    "Truncated",
 )
+
+# The same columns, shorter, for a terminal.
+RICH_HEADERS = (
+    "Dataset",
+    "VN/DN",
+    "Total",
+    "Average",
+    "VN/DN at T_N",
+    "Nouns/100 words",
+    "DN/caption",
+    "Words/caption",
+    "Tokens/caption",
+    "Captions",
+)
+
+PROBLEM_COLUMNS = ("Dataset", "Captions", "Empty", "Truncated", "Non-UTF-8 (replaced)", "Non-Latin")
 
 
 def main_rows(report: Mapping[str, Any]) -> list[list[str]]:
@@ -156,11 +170,24 @@ def main_rows(report: Mapping[str, Any]) -> list[list[str]]:
                 f"{d['words_per_caption']:.1f}",
                 f"{d['tokens_per_caption']:.1f}",
                 f"{d['captions']:,}",
-                f"{d['empty']:,}",
-                f"{d['truncated']:,}",
             ]
         )
     return rows
+
+
+def problem_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    """Counts of odd captions per dataset, columns as :data:`PROBLEM_COLUMNS`."""
+    return [
+        [
+            d["label"],
+            f"{d['captions']:,}",
+            f"{d['empty']:,}",
+            f"{d['truncated']:,}",
+            f"{d['replaced']:,}",
+            f"{d['non_latin']:,}",
+        ]
+        for d in report["datasets"]
+    ]
 
 
 def _md_table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
@@ -182,7 +209,15 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"- {t['vn']}; DN = distinct nouns; Average = nouns per caption (image).",
         f"- {t['scaled']}.",
-        "- Empty captions count as captions with zero nouns.",
+        "",
+        "### Input problems",
+        "",
+        "Empty or whitespace captions count as captions with zero nouns; captions over "
+        f"{report['options'].get('max_chars', '?')} characters are cut and counted as truncated; "
+        "undecodable bytes become U+FFFD (counted as non-UTF-8); non-Latin captions are counted "
+        "as usual and flagged.",
+        "",
+        *_md_table(list(PROBLEM_COLUMNS), problem_rows(report)),
         "",
     ]
     if report["comparisons"]:
@@ -258,10 +293,11 @@ def rich_table(report: Mapping[str, Any]) -> Any:
     t = report["threshold"]
     table = Table(
         title="Noun statistics (PixArt-α Table 1 layout)",
-        caption=f"VN: nouns seen more than T={t['T']:g} times. Scaled T: max(1, T·N/11.2M).",
+        caption=f"VN: nouns seen more than T={t['T']:g} times; T_N = max(1, T·N/11.2M); "
+        "DN/caption: distinct nouns per caption",
     )
-    for i, col in enumerate(MAIN_COLUMNS):
-        table.add_column(col, justify="left" if i == 0 else "right")
+    for i, col in enumerate(RICH_HEADERS):
+        table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
     for row in main_rows(report):
         table.add_row(*row)
     return table
@@ -273,6 +309,11 @@ def print_report(report: Mapping[str, Any], console: Any = None) -> None:
 
     console = console or Console()
     console.print(rich_table(report))
+    for row in problem_rows(report):
+        console.print(
+            f"{row[0]}: {row[2]} empty, {row[3]} truncated, {row[4]} non-UTF-8, {row[5]} non-Latin "
+            f"of {row[1]} captions"
+        )
     for c in report["comparisons"]:
         console.print(
             f"{c['a']} vs {c['b']} at {c['matched_captions']:,} captions, T={c['matched_threshold']:g}: "

@@ -69,6 +69,8 @@ def test_report_files_are_written_and_parse(tmp_path, labelled) -> None:
     assert "| Dataset | VN/DN | Total Noun | Average |" in md
     assert "| dense | 2/6 = 33.3% | 10 | 3.3/img |" in md
     assert "| raw | 1/3 = 33.3% | 4 | 1.0/img |" in md
+    assert "| Dataset | Captions | Empty | Truncated | Non-UTF-8 (replaced) | Non-Latin |" in md
+    assert "| raw | 4 | 0 | 0 | 0 | 0 |" in md
     assert "## Options" in md
     assert "`lemmatize`: `True`" in md
     assert "PixArt-α's published Table 1" in md
@@ -106,6 +108,7 @@ def test_terminal_table(labelled) -> None:
     assert "dense" in text
     assert "VN/DN" in text
     assert "raw vs dense" in text
+    assert "raw: 0 empty, 0 truncated, 0 non-UTF-8, 0 non-Latin of 4 captions" in text
 
 
 def test_markdown_escapes_pipes() -> None:
