@@ -241,3 +241,11 @@ def test_stats_straight_from_the_counter(counter) -> None:
     assert stats.empty == 1
     assert stats.total_nouns == 6
     assert stats.options == counter.options.fingerprint()
+
+
+def test_results_do_not_depend_on_batching(counter, counter_for, iiw_texts, laion_texts) -> None:
+    # Exact merging assumes a caption's nouns do not depend on which captions share its batch.
+    texts = [*iiw_texts[:30], *laion_texts[:60]]
+    expected = counter.count(texts)
+    assert counter_for(batch_size=1).count(texts) == expected
+    assert counter_for(batch_size=7).count(texts[::-1]) == expected[::-1]
