@@ -64,8 +64,7 @@ def load_pipeline(options: NounOptions) -> tuple[Any, str]:
             continue
         if name != options.model:
             log.info("spaCy model %r not installed; using its alias %r", options.model, name)
-        missing = [c for c in ("tagger",) if c not in nlp.pipe_names]
-        if missing and "morphologizer" not in nlp.pipe_names:
+        if "tagger" not in nlp.pipe_names and "morphologizer" not in nlp.pipe_names:
             raise ConfigError(
                 "model",
                 options.model,
