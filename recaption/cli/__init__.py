@@ -8,6 +8,7 @@ from recaption.cli import (  # noqa: F401  (registers the commands)
     encode_cmd,
     index_cmd,
     inspect_cmd,
+    nouns_cmd,
     status_cmd,
     tiny_cmd,
 )

@@ -116,6 +116,10 @@ class ShardOutput:
         """A per-shard table written to ``_<name>/part-i.parquet`` at commit."""
         self._side[name] = (table, "parquet")
 
+    def side_text(self, name: str, text: str, ext: str = "json") -> None:
+        """A per-shard text file written to ``_<name>/part-i.<ext>`` at commit (before the stats)."""
+        self._side[name] = (text, ext)
+
     # -- commit --------------------------------------------------------------------------------
     def commit(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Rename everything into place; the stats file goes last. Returns the stats."""
@@ -133,8 +137,12 @@ class ShardOutput:
         write_parquet_atomic(
             self.stage_dir.failures(self.shard.index), failures_table(self.failures, self.shard.index)
         )
-        for name, (table, _) in self._side.items():
-            write_parquet_atomic(self.stage_dir.side(name, self.shard.index), table)
+        for name, (payload, ext) in self._side.items():
+            url = self.stage_dir.side(name, self.shard.index, ext)
+            if ext == "parquet":
+                write_parquet_atomic(url, payload)
+            else:
+                io.write_text_atomic(url, payload)
         reasons = Counter(reason_category(f.reason) for f in self.failures if f.severity != SEVERITY_WARNING)
         stats = {
             "stage": self.stage,
