@@ -22,7 +22,7 @@ from typing import Any
 from recaption.errors import ConfigError, RecaptionError
 from recaption.readers.base import InputShard
 from recaption.runner.base import RunSummary, log, prepare_output, run_shard
-from recaption.runner.progress import Progress
+from recaption.runner.progress import ProgressGroup, StageProgress
 from recaption.stage import Resources, Stage
 
 
@@ -105,7 +105,7 @@ class _State:
     pending: list[int]
     done: set[int]
     summary: RunSummary
-    bar: Progress
+    bar: StageProgress
     actors: list[Any] = field(default_factory=list)
     idle: list[Any] = field(default_factory=list)
     starting: int = 0
@@ -124,6 +124,9 @@ def _capacity(res: Resources, cluster: dict[str, float], name: str) -> int:
                 "cpu (this Ray cluster has no GPU)",
                 hint=f"stage {name} asks {res.num_gpus:g} GPU per worker; the cluster has {gpus:g}",
             )
+        if res.num_gpus < 1:
+            # A fraction never spans two GPUs: 0.8 fits once per GPU, 0.5 twice.
+            return max(1, int(gpus) * int(1 / res.num_gpus + 1e-9))
         return max(1, int(gpus // res.num_gpus))
     return max(1, int(cluster.get("CPU", 1.0) // max(res.num_cpus, 1e-3)))
 
@@ -138,6 +141,7 @@ def run_graph_ray(
     """
     t0 = time.time()
     states: list[_State] = []
+    group = ProgressGroup(progress)
     for spec in specs:
         shards = spec.stage.shards()
         sd = prepare_output(spec.stage, spec.output, shards)
@@ -152,7 +156,7 @@ def run_graph_ray(
                 pending=[s.index for s in shards if s.index not in done],
                 done=set(done),
                 summary=summary,
-                bar=Progress(spec.stage.name, len(shards), len(done), progress),
+                bar=group.stage(spec.stage.name, len(shards), len(done)),
             )
         )
     if not any(st.pending for st in states):

@@ -1,0 +1,287 @@
+"""``recaption run``: caption → nouns → encode over one source into one output folder.
+
+::
+
+    OUTPUT/
+      pipeline.yaml     the resolved configuration (a rerun with other results-deciding settings is refused)
+      captions/         caption shards (part-NNNNN.parquet, _failures/, _stats/)
+      nouns/            nouns per caption; report/nouns.{json,md,csv} (PixArt's Table 1)
+      features/         T5 + VAE feature shards (features_text/ too when T5 and VAE run apart)
+      summary.json      samples per stage, throughput, failures by reason, where everything is
+
+With the Ray executor the stages overlap: caption shard ``i`` goes to nouns and encode as soon as
+it is committed, while the captioner works on the next. The local executor runs them one after
+another in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from recaption import __version__, io
+from recaption.errors import ConfigError
+from recaption.pipeline.config import PipelineConfig, semantic
+from recaption.runner.base import OutputConflictError, RunSummary, log
+from recaption.stage import Resources, Stage
+
+
+@dataclass
+class PlannedStage:
+    stage: Stage
+    output: str
+    after: str | None
+    workers: int | None
+    resources: Resources | None
+
+
+@dataclass
+class Plan:
+    config: PipelineConfig
+    stages: dict[str, PlannedStage] = field(default_factory=dict)
+    captions: str = ""
+    nouns: str = ""
+    features: str = ""
+
+
+def _resources(stage: Stage, cpus: float, gpus: float) -> Resources:
+    base = stage.resources()
+    return Resources(
+        num_cpus=cpus,
+        num_gpus=gpus if base.num_gpus > 0 else 0.0,
+        memory_bytes=base.memory_bytes,
+        gpu_optional=base.gpu_optional,
+    )
+
+
+def plan(cfg: PipelineConfig) -> Plan:
+    """The stages of a run, wired shard by shard (nothing is loaded or run)."""
+    from recaption.readers import open_source
+    from recaption.shards.layout import StageDir
+
+    out = cfg.output
+    p = Plan(
+        config=cfg,
+        captions=io.join(out, "captions"),
+        nouns=io.join(out, "nouns"),
+        features=io.join(out, "features"),
+    )
+    expected: tuple[int, ...] | None = None
+    if cfg.caption.enabled:
+        from recaption.captioner.model import CaptionerConfig
+        from recaption.captioner.stage import CaptionStage
+
+        c = cfg.caption
+        src = open_source(
+            cfg.source.path,
+            kind=cfg.source.kind,
+            shard_size=cfg.source.shard_size,
+            captions_dir=cfg.source.captions_dir,
+            text_column=cfg.source.text_column,
+        )
+        stage = CaptionStage(
+            source=src,
+            model=CaptionerConfig(
+                model=c.model,
+                revision=c.revision,
+                dtype=c.dtype,
+                device=c.device,
+                batch_size=c.batch_size,
+                max_new_tokens=c.max_new_tokens,
+                do_sample=c.sample,
+                temperature=c.temperature,
+                top_p=c.top_p,
+                seed=c.seed,
+                max_image_pixels=c.max_image_pixels,
+                compile=c.compile,
+                trust_remote_code=c.trust_remote_code,
+            ),
+            prompt=c.prompt,
+        )
+        expected = tuple(s.index for s in src.shards())
+        p.stages["caption"] = PlannedStage(
+            stage, p.captions, None, c.workers, _resources(stage, c.cpus_per_worker, c.gpus_per_worker)
+        )
+    elif not io.exists(StageDir(p.captions).stage_file):
+        raise ConfigError(
+            "caption.enabled",
+            False,
+            "true, or an existing OUTPUT/captions from an earlier run",
+            hint=f"{p.captions} holds no caption shards",
+        )
+    if cfg.nouns.enabled:
+        from recaption.nouns.options import NounOptions
+        from recaption.nouns.stage import DEFAULT_LABELS, NounInput, NounsStage
+
+        n = cfg.nouns
+        labels = n.labels or [DEFAULT_LABELS.get(col, col) for col in n.columns]
+        if len(labels) != len(n.columns):
+            raise ConfigError(
+                "nouns.labels", labels, f"{len(n.columns)} labels, one per column of nouns.columns"
+            )
+        options = NounOptions(
+            lemmatize=n.lemmatize,
+            lowercase=n.lowercase,
+            pos=n.pos,
+            compounds=n.compounds,
+            min_length=n.min_length,
+            alpha_only=n.alpha_only,
+            stop_list=n.stop_list,
+            stop_file=n.stop_file,
+            max_chars=n.max_chars,
+            model=n.spacy_model,
+        )
+        stage_n = NounsStage(
+            inputs=[
+                NounInput(
+                    url=p.captions,
+                    columns=tuple(zip(n.columns, labels, strict=True)),
+                    expected_shards=expected,
+                )
+            ],
+            options=options,
+        )
+        p.stages["nouns"] = PlannedStage(
+            stage_n,
+            p.nouns,
+            "caption" if expected is not None else None,
+            n.workers,
+            Resources(num_cpus=n.cpus_per_worker),
+        )
+    if cfg.encode.enabled:
+        from recaption.encoder.stage import EncodeStage, encode_configs
+
+        e = cfg.encode
+        text, image = encode_configs(
+            e.preset,
+            t5_model=e.t5_model,
+            vae_model=e.vae_model,
+            resolutions=tuple(e.resolutions) if e.resolutions else None,
+            device=e.device,
+            t5_hidden_size=e.t5_hidden_size,
+            store_dtype=e.store_dtype,
+        )
+        after = "caption" if expected is not None else None
+        common = dict(
+            captions=p.captions,
+            fields=tuple(e.fields),
+            preset=e.preset,
+            expected_shards=expected,
+            batch_rows=e.batch_rows,
+        )
+        if e.split_workers:
+            text_url = io.join(out, "features_text")
+            st = EncodeStage(text=text, image=None, **common)  # type: ignore[arg-type]
+            si = EncodeStage(text=None, image=image, text_from=text_url, **common)  # type: ignore[arg-type]
+            p.stages["encode_text"] = PlannedStage(
+                st, text_url, after, e.workers, _resources(st, e.cpus_per_worker, e.gpus_per_worker)
+            )
+            p.stages["encode"] = PlannedStage(
+                si, p.features, "encode_text", e.workers, _resources(si, e.cpus_per_worker, e.gpus_per_worker)
+            )
+        else:
+            s = EncodeStage(text=text, image=image, **common)  # type: ignore[arg-type]
+            p.stages["encode"] = PlannedStage(
+                s, p.features, after, e.workers, _resources(s, e.cpus_per_worker, e.gpus_per_worker)
+            )
+    if not p.stages:
+        raise ConfigError("caption/nouns/encode.enabled", False, "at least one stage enabled")
+    return p
+
+
+def check_or_record_config(cfg: PipelineConfig) -> None:
+    """Write OUTPUT/pipeline.yaml; on a rerun, refuse settings that would change the results."""
+    import yaml
+
+    url = io.join(cfg.output, "pipeline.yaml")
+    new = cfg.model_dump(mode="json")
+    if io.exists(url):
+        from recaption.pipeline.config import load_config
+
+        old_raw = yaml.safe_load(io.read_text(url)) or {}
+        old_raw.pop("recaption_version", None)
+        old = load_config(old_raw)
+        a, b = semantic(old), semantic(cfg)
+        changed = [
+            f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+        ]
+        if changed:
+            raise OutputConflictError(
+                f"{cfg.output} holds a run with other settings; refusing to mix outputs. Changed: "
+                + "; ".join(changed)
+                + ". Use a new output folder (settings of speed and placement, like workers and batch sizes, "
+                "may change on a rerun)."
+            )
+    io.makedirs(cfg.output)
+    io.write_text_atomic(url, yaml.safe_dump({**new, "recaption_version": __version__}, sort_keys=False))
+
+
+@dataclass
+class PipelineResult:
+    summaries: dict[str, RunSummary]
+    seconds: float
+    report: dict[str, Any] | None
+    report_files: dict[str, str]
+    output: str
+
+    def ok(self) -> bool:
+        return all(s.ok for s in self.summaries.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        cap = self.summaries.get("caption")
+        images = cap.rows if cap else max((s.rows for s in self.summaries.values()), default=0)
+        return {
+            "output": self.output,
+            "seconds": round(self.seconds, 3),
+            "images": images,
+            "images_per_second": round(images / self.seconds, 3) if self.seconds > 0 else 0.0,
+            "stages": {name: s.to_dict() for name, s in self.summaries.items()},
+            "nouns_report": self.report_files,
+            "recaption_version": __version__,
+        }
+
+
+def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> PipelineResult:
+    """Run (or resume) a pipeline; returns per-stage summaries and writes OUTPUT/summary.json."""
+    check_or_record_config(cfg)
+    p = plan(cfg)
+    t0 = time.time()
+    names = list(p.stages)
+    summaries: dict[str, RunSummary] = {}
+    if cfg.executor == "ray":
+        from recaption.runner.ray import RayOptions, StageSpec, run_graph_ray
+
+        specs = [
+            StageSpec(
+                stage=ps.stage,
+                output=ps.output,
+                after=names.index(ps.after) if ps.after else None,
+                num_workers=ps.workers,
+                resources=ps.resources,
+            )
+            for ps in p.stages.values()
+        ]
+        opts = RayOptions(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, max_retries=cfg.ray.max_retries)
+        for name, s in zip(names, run_graph_ray(specs, opts, progress=progress), strict=True):
+            summaries[name] = s
+    else:
+        from recaption.runner.local import run_local
+
+        for name, ps in p.stages.items():
+            summaries[name] = run_local(ps.stage, ps.output, progress=progress)
+    seconds = time.time() - t0
+    report, files = None, {}
+    if "nouns" in p.stages:
+        from recaption.nouns.stage import merge_reports
+
+        try:
+            files, report = merge_reports(p.nouns, threshold=cfg.nouns.threshold)
+        except ConfigError as e:
+            log.warning("no nouns report: %s", e)
+    result = PipelineResult(
+        summaries=summaries, seconds=seconds, report=report, report_files=files, output=cfg.output
+    )
+    io.write_text_atomic(io.join(cfg.output, "summary.json"), json.dumps(result.to_dict(), indent=1))
+    return result
