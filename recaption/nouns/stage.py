@@ -203,7 +203,9 @@ class NounsStage(Stage):
         j, local = int(j_text), int(local_text)
         inp = self.inputs[j]
         keys, texts = self._read(inp, j, shard, local, out)
-        rows: list[dict[str, Any]] = [{"key": k, "input": inp.url} for k in keys]
+        # The input by name, not full path: a run moved or redone elsewhere writes identical shards.
+        name = io.basename(inp.url)
+        rows: list[dict[str, Any]] = [{"key": k, "input": name} for k in keys]
         counts: dict[str, str] = {}
         for column, label in inp.columns:
             stats = NounStats.for_options(self._counter.fingerprint())
@@ -274,9 +276,13 @@ def merge_counts(stage_url: str) -> dict[str, NounStats]:
 
 
 def merge_reports(
-    stage_url: str, threshold: float = 10, top_k: int = 25
+    stage_url: str, threshold: float = 10, top_k: int = 25, report_dir: str | None = None
 ) -> tuple[dict[str, str], dict[str, Any]]:
-    """Write ``report/nouns.json``, ``nouns.md`` (Table 1) and ``nouns.csv`` for a nouns output folder."""
+    """Write ``nouns.json``, ``nouns.md`` (Table 1) and ``nouns.csv`` for a nouns output folder.
+
+    They go to ``report_dir``, by default ``<stage_url>/_report`` (the leading ``_`` keeps them out
+    of ``pandas.read_parquet(stage_url)``).
+    """
     from recaption.nouns.report import build_report, write_reports
 
     stats = merge_counts(stage_url)
@@ -284,7 +290,6 @@ def merge_reports(
         raise ConfigError("nouns output", stage_url, "a folder with finished nouns shards (_counts/)")
     record = json.loads(io.read_text(StageDir(stage_url).stage_file))
     sources = {label: i["url"] for i in record["fingerprint"]["inputs"] for _, label in i["columns"]}
-    urls = write_reports(
-        stats, io.join(stage_url, "report"), threshold=threshold, top_k=top_k, sources=sources
-    )
+    out_dir = report_dir or io.join(stage_url, "_report")
+    urls = write_reports(stats, out_dir, threshold=threshold, top_k=top_k, sources=sources)
     return urls, build_report(stats, threshold=threshold, top_k=top_k, sources=sources)

@@ -5,7 +5,8 @@
     OUTPUT/
       pipeline.yaml     the resolved configuration (a rerun with other results-deciding settings is refused)
       captions/         caption shards (part-NNNNN.parquet, _failures/, _stats/)
-      nouns/            nouns per caption; report/nouns.{json,md,csv} (PixArt's Table 1)
+      nouns/            nouns per caption and per-shard statistics
+      report/           nouns.{json,md,csv}: PixArt's Table 1, raw against dense captions
       features/         T5 + VAE feature shards (features_text/ too when T5 and VAE run apart)
       summary.json      samples per stage, throughput, failures by reason, where everything is
 
@@ -277,7 +278,9 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> Pipeli
         from recaption.nouns.stage import merge_reports
 
         try:
-            files, report = merge_reports(p.nouns, threshold=cfg.nouns.threshold)
+            files, report = merge_reports(
+                p.nouns, threshold=cfg.nouns.threshold, report_dir=io.join(cfg.output, "report")
+            )
         except ConfigError as e:
             log.warning("no nouns report: %s", e)
     result = PipelineResult(

@@ -203,4 +203,4 @@ def test_command_on_real_laion_and_dense_captions(tmp_path: Path):
     # at a matched sample size and threshold (the report's rarefied comparison), dense is richer
     (cmp,) = report["comparisons"]
     assert cmp["b_expected_vn"] / cmp["b_expected_dn"] > cmp["a_expected_vn"] / cmp["a_expected_dn"]
-    assert (out / "report" / "nouns.md").exists()
+    assert (out / "_report" / "nouns.md").exists()
