@@ -45,6 +45,9 @@ class CaptionConfig(_Strict):
     max_new_tokens: int = Field(
         512, description="Longest caption in tokens; captions that hit it are flagged."
     )
+    min_new_tokens: int = Field(
+        0, description="Benchmarks only: generate at least this many tokens per image."
+    )
     sample: bool = Field(False, description="Seeded sampling (reproducible) instead of greedy decoding.")
     temperature: float = Field(0.2, description="Sampling temperature (PixArt used 0.2).")
     top_p: float = Field(1.0, description="Nucleus sampling threshold.")

@@ -78,8 +78,13 @@ def prepare_output(stage: Stage, output: str, shards: list[InputShard]) -> Stage
     return sd
 
 
-def run_shard(stage: Stage, shard: InputShard, output: str) -> dict[str, Any]:
-    """Process one shard and commit it; on any error nothing becomes visible."""
+def run_shard(
+    stage: Stage, shard: InputShard, output: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Process one shard and commit it; on any error nothing becomes visible.
+
+    ``extra`` goes into the shard's stats file (e.g. which worker did it).
+    """
     sd = StageDir(output)
     out = ShardOutput(
         sd,
@@ -91,8 +96,8 @@ def run_shard(stage: Stage, shard: InputShard, output: str) -> dict[str, Any]:
         writer_options=stage.parquet_options(),
     )
     try:
-        extra = stage.process_shard(shard, out)
-        return out.commit(extra)
+        stats = stage.process_shard(shard, out) or {}
+        return out.commit({**stats, **(extra or {})})
     except BaseException:
         out.abort()
         raise

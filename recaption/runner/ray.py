@@ -51,11 +51,10 @@ class StageWorker:
         return {"host": socket.gethostname(), "pid": os.getpid()}
 
     def process(self, shard: dict[str, Any], output: str) -> dict[str, Any]:
-        stats = run_shard(self.stage, InputShard.from_dict(shard), output)
         import socket
 
-        stats["worker"] = f"{socket.gethostname()}:{os.getpid()}"
-        return stats
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        return run_shard(self.stage, InputShard.from_dict(shard), output, extra={"worker": worker})
 
     def teardown(self) -> None:
         self.stage.teardown()
@@ -109,6 +108,7 @@ class _State:
     actors: list[Any] = field(default_factory=list)
     idle: list[Any] = field(default_factory=list)
     starting: int = 0
+    starting_since: float = 0.0  # when the oldest worker still starting was asked for
     running: int = 0
     setup_failures: int = 0
     finished: bool = False
@@ -204,6 +204,8 @@ def run_graph_ray(
             kw["memory"] = res.memory_bytes
         actor = remote_cls.options(max_restarts=0, **kw).remote(st.spec.stage)  # type: ignore[attr-defined]
         st.actors.append(actor)
+        if st.starting == 0:
+            st.starting_since = time.time()
         st.starting += 1
         waiting[actor.setup.remote()] = ("setup", i, actor, -1)
 
@@ -261,16 +263,47 @@ def run_graph_ray(
                 start_actor(i)
             retire(i)
 
+    def release_idle_downstream() -> None:
+        """Free the resources of idle downstream workers while an upstream worker cannot start.
+
+        Downstream workers wait for upstream shards; if they hold the CPUs or GPUs an upstream
+        worker needs (after a node was lost, say), neither would ever move. They are started again
+        when work for them is ready.
+        """
+        starved = [
+            st for st in states if st.starting and time.time() - st.starting_since > 10.0 and st.pending
+        ]
+        if not starved:
+            return
+        for st in states:
+            if st.spec.after is None or st in starved or not st.idle:
+                continue
+            actor = st.idle.pop()
+            st.actors.remove(actor)
+            log.info(
+                "[%s] releasing an idle worker so that %s can start",
+                st.spec.stage.name,
+                starved[0].spec.stage.name,
+            )
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        for st in starved:
+            st.starting_since = time.time()
+
     try:
         dispatch()
         while waiting:
-            ready_refs, _ = ray.wait(list(waiting), num_returns=1)
+            ready_refs, _ = ray.wait(list(waiting), num_returns=1, timeout=5.0)
+            if not ready_refs:
+                release_idle_downstream()
+                continue
             for ref in ready_refs:
                 kind, i, actor, idx = waiting.pop(ref)
                 st = states[i]
                 name = st.spec.stage.name
                 if kind == "setup":
                     st.starting -= 1
+                    st.starting_since = time.time()
                     try:
                         info = ray.get(ref)
                         log.info("[%s] worker ready on %s (pid %s)", name, info["host"], info["pid"])

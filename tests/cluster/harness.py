@@ -8,6 +8,7 @@ be killed alone (``kill_worker``), with token authentication as Ray ≥ 2.59 exp
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -96,6 +97,30 @@ class LocalCluster:
             return int(out.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             return 0
+
+    def worker_node_actors(self) -> list[str]:
+        """Class names of the live actors on the worker (non-head) node."""
+        code = (
+            "import ray, json\n"
+            f"ray.init(address='{self.address}', log_to_driver=False, logging_level='ERROR')\n"
+            "head = [n['NodeID'] for n in ray.nodes()\n"
+            "        if n['Alive'] and 'node:__internal_head__' in n['Resources']]\n"
+            "from ray.util.state import list_actors\n"
+            "acts = list_actors(filters=[('state', '=', 'ALIVE')], limit=1000)\n"
+            "print(json.dumps([a.class_name for a in acts if a.node_id not in head]))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            check=False,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        try:
+            return list(json.loads(out.stdout.strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            return []
 
     def wait_nodes(self, n: int, timeout: float) -> None:
         t0 = time.time()
