@@ -541,6 +541,9 @@ def plot_histograms(
         bins = 40
     for name, group in data.groupby(by, sort=False):
         ax.hist(group[column], bins=bins, alpha=0.5, label=f"{name} (mean {group[column].mean():.1f})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # caption counts: no 2.5 captions
     ax.set_xlabel(xlabel or column)
     ax.set_ylabel("captions")
     ax.set_title(title)
