@@ -139,6 +139,10 @@ class PipelineConfig(_Strict):
 
 # Settings that change speed or placement, not results: a resumed run may change them.
 NON_SEMANTIC = {
+    # Stages may be run in several goes into one folder (captions today, features tomorrow).
+    "caption.enabled",
+    "nouns.enabled",
+    "encode.enabled",
     "executor",
     "ray",
     "caption.batch_size",
