@@ -109,8 +109,8 @@ def inspect_source(source: Source, options: InspectOptions | None = None) -> dic
                 break
             n_read += 1
             s: Sample = item
-            for w in s.warnings:
-                failures.append(Failure.for_sample(s, "read", w, SEVERITY_WARNING))
+            for warning in s.warnings:
+                failures.append(Failure.for_sample(s, "read", warning, SEVERITY_WARNING))
             if s.key in keys_seen and keys_seen[s.key] != shard.index:
                 failures.append(
                     Failure.for_sample(

@@ -28,7 +28,7 @@ from recaption.stage import Resources, Stage
 
 # Which caption column each encoded field reads.
 FIELD_COLUMNS = {"dense": "dense_caption", "raw": "raw_caption"}
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     # PixArt-α: T5-XXL at 120 tokens with caption cleaning; SD's VAE (sd-vae-ft-ema); 256/512/1024.
     "alpha": {"t5": "alpha", "vae": "sd-vae-ft-ema", "resolutions": (256, 512, 1024)},
     # PixArt-Σ: the same T5 at 300 tokens, no cleaning; the SDXL VAE; up to 2048 (2K checkpoints).

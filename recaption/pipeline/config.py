@@ -124,10 +124,10 @@ class PipelineConfig(_Strict):
     executor: Literal["ray", "local"] = Field(
         "ray", description="ray: stages overlap on actors; local: one after another here."
     )
-    ray: RayConfig = Field(default_factory=RayConfig)
-    caption: CaptionConfig = Field(default_factory=CaptionConfig)
-    nouns: NounsConfig = Field(default_factory=NounsConfig)
-    encode: EncodeConfig = Field(default_factory=EncodeConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)  # type: ignore[arg-type]
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)  # type: ignore[arg-type]
+    nouns: NounsConfig = Field(default_factory=NounsConfig)  # type: ignore[arg-type]
+    encode: EncodeConfig = Field(default_factory=EncodeConfig)  # type: ignore[arg-type]
 
     @field_validator("output")
     @classmethod

@@ -273,7 +273,8 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> Pipeli
         for name, ps in p.stages.items():
             summaries[name] = run_local(ps.stage, ps.output, progress=progress)
     seconds = time.time() - t0
-    report, files = None, {}
+    report: dict[str, Any] | None = None
+    files: dict[str, str] = {}
     if "nouns" in p.stages:
         from recaption.nouns.stage import merge_reports
 

@@ -170,7 +170,7 @@ def run_graph_ray(
 
     started = ensure_ray(options)
     cluster = ray.cluster_resources()
-    remote_cls = ray.remote(StageWorker)
+    remote_cls: Any = ray.remote(StageWorker)
     # ref -> (kind, state index, actor, shard index)
     waiting: dict[Any, tuple[str, int, Any, int]] = {}
 

@@ -127,6 +127,7 @@ class ShardOutput:
 
         if self._writer is None:  # an empty shard still gets a valid, empty data file
             self._open()
+            assert self._writer is not None
             self._writer.write_table(pa.Table.from_pylist([], schema=self.schema))
         self._writer.close()
         self._file.close()
