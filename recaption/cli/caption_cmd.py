@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from recaption.cli.app import app, handle_errors, print_json
+from recaption.cli.app import app, handle_errors
 from recaption.cli.options import run_options, source_options
 
 
@@ -83,11 +83,6 @@ def caption_command(
     summary = run_stage(
         stage, output, executor=executor, ray=RayOptions(address=ray_address, num_workers=workers)
     )
-    if as_json:
-        print_json(summary.to_dict())
-    else:
-        from recaption.cli.summary import print_summary
+    from recaption.cli.summary import report_run
 
-        print_summary(summary)
-    if not summary.ok:
-        raise typer.Exit(1)
+    report_run(summary, as_json)

@@ -88,14 +88,9 @@ def encode_command(
     summary = run_stage(
         stage, output, executor=executor, ray=RayOptions(address=ray_address, num_workers=workers)
     )
-    if as_json:
-        print_json(summary.to_dict())
-    else:
-        from recaption.cli.summary import print_summary
+    from recaption.cli.summary import report_run
 
-        print_summary(summary)
-    if not summary.ok:
-        raise typer.Exit(1)
+    report_run(summary, as_json)
 
 
 @app.command("export-pixart")

@@ -5,6 +5,20 @@ from __future__ import annotations
 from recaption.runner.base import RunSummary
 
 
+def report_run(summary: RunSummary, as_json: bool) -> None:
+    """Print a stage run's summary (JSON on stdout, or for people on stderr); exit 1 if shards failed."""
+    import typer
+
+    if as_json:
+        from recaption.cli.app import print_json
+
+        print_json(summary.to_dict())
+    else:
+        print_summary(summary)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
 def print_summary(summary: RunSummary) -> None:
     from rich.console import Console
 

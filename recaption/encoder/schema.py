@@ -122,17 +122,10 @@ def check_resolution(resolution: int) -> int:
 
 # -- arrow fields ------------------------------------------------------------------------------
 def identity_fields() -> list[Any]:
-    import pyarrow as pa
+    """The sample columns a feature row keeps (the shared per-sample fields, by name)."""
+    from recaption.columns import sample_fields
 
-    return [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("image_uri", pa.string()),
-        pa.field("image_member", pa.string()),
-        pa.field("image_offset", pa.int64()),
-        pa.field("image_length", pa.int64()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-    ]
+    return [f for f in sample_fields() if f.name in IDENTITY_COLUMNS]
 
 
 def text_fields(field_name: str) -> list[Any]:
