@@ -48,3 +48,12 @@ def tiny_vae_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     from recaption.encoder.tiny_vae import build_tiny_vae
 
     return build_tiny_vae(str(tmp_path_factory.mktemp("tiny-vae") / "vae"))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray instance of its own for a test module, with two CPUs (two actors)."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -201,14 +201,6 @@ def test_bad_image_does_not_kill_the_batch(tiny_llava_dir: str, tmp_path: Path):
     assert "too small" in df.loc["one_px", "error"]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_two_ray_actors_give_the_local_result(local_ray, tiny_llava_dir: str, sam_tars: Path, tmp_path: Path):
     ref, out = tmp_path / "ref", tmp_path / "ray"

@@ -80,10 +80,11 @@ class LocalCluster:
     def start_worker(self) -> None:
         self._start("worker", [f"--address={self.address}", f"--num-cpus={self.worker_cpus}"])
 
-    def alive_nodes(self) -> int:
+    def _query(self, body: str) -> object:
+        """Run ``body`` in a fresh driver connected to the cluster; the JSON its last line prints."""
         code = (
-            f"import ray; ray.init(address='{self.address}', log_to_driver=False, logging_level='ERROR');"
-            "print(sum(1 for n in ray.nodes() if n['Alive']))"
+            "import json, ray\n"
+            f"ray.init(address='{self.address}', log_to_driver=False, logging_level='ERROR')\n" + body
         )
         out = subprocess.run(
             [sys.executable, "-c", code],
@@ -94,33 +95,24 @@ class LocalCluster:
             timeout=60,
         )
         try:
-            return int(out.stdout.strip().splitlines()[-1])
+            return json.loads(out.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            return 0
+            return None
+
+    def alive_nodes(self) -> int:
+        n = self._query("print(sum(1 for n in ray.nodes() if n['Alive']))\n")
+        return int(n) if isinstance(n, int) else 0
 
     def worker_node_actors(self) -> list[str]:
         """Class names of the live actors on the worker (non-head) node."""
-        code = (
-            "import ray, json\n"
-            f"ray.init(address='{self.address}', log_to_driver=False, logging_level='ERROR')\n"
+        names = self._query(
             "head = [n['NodeID'] for n in ray.nodes()\n"
             "        if n['Alive'] and 'node:__internal_head__' in n['Resources']]\n"
             "from ray.util.state import list_actors\n"
             "acts = list_actors(filters=[('state', '=', 'ALIVE')], limit=1000)\n"
             "print(json.dumps([a.class_name for a in acts if a.node_id not in head]))\n"
         )
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            check=False,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        try:
-            return list(json.loads(out.stdout.strip().splitlines()[-1]))
-        except (ValueError, IndexError):
-            return []
+        return list(names) if isinstance(names, list) else []
 
     def wait_nodes(self, n: int, timeout: float) -> None:
         t0 = time.time()

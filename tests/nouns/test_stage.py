@@ -147,14 +147,6 @@ def test_long_caption_truncated_and_flagged(tmp_path: Path):
     assert "over max_chars" in fails.reason.iloc[0]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_one_and_two_ray_workers_give_identical_statistics(local_ray, jsonl: Path, tmp_path: Path):
     csvs = []

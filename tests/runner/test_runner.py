@@ -101,14 +101,6 @@ def test_stage_file_records_configuration(sam_tars: Path, tmp_path: Path):
     assert rec["fingerprint"]["source"]["kind"] == "sam"
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_ray_two_actors_same_output_as_local(local_ray, sam_tars: Path, tmp_path: Path):
     ref_out, out = tmp_path / "ref", tmp_path / "ray"
