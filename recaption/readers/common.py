@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from recaption.readers.base import Failure, Sample, decode_caption
+from recaption.readers.base import (
+    Failure,
+    InputShard,
+    Sample,
+    decode_caption,
+    exists_or_failure,
+    shard_failure,
+)
 
 
 def parse_json_sidecar(raw: bytes, what: str) -> tuple[dict[str, Any], str | None]:
@@ -52,3 +60,35 @@ def json_safe(value: Any) -> Any:
         return value
     except (TypeError, ValueError):
         return str(value)
+
+
+def read_tar_shard(
+    shard: InputShard, make_sample: Callable[[Any], Sample | Failure], stage: str = "read"
+) -> Iterator[Sample | Failure]:
+    """The samples of one tar shard, with what every tar layout shares: a missing shard, member
+    problems, duplicate keys and an empty shard become manifest rows. ``make_sample`` turns one
+    member group (:class:`~recaption.readers.tar.TarGroup`) into a sample or a failure."""
+    from recaption.readers.tar import iter_tar_groups
+
+    missing = exists_or_failure(shard, stage)
+    if missing:
+        yield missing
+        return
+    keys = KeyTracker()
+    n = 0
+    for ev in iter_tar_groups(shard.uri):
+        if ev.problem:
+            yield Failure(key="", stage=stage, reason=ev.problem, uri=shard.uri, member=ev.member)
+            continue
+        assert ev.group is not None
+        item = make_sample(ev.group)
+        if isinstance(item, Sample):
+            member = item.ref.member if item.ref else ""
+            dup = keys.check(item.key, member, stage, shard.uri, member)
+            if dup:
+                yield dup
+                continue
+            n += 1
+        yield item
+    if n == 0:
+        yield shard_failure(shard, stage, "shard holds no samples (empty tar)", severity="warning")

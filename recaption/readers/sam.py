@@ -20,11 +20,9 @@ from recaption.readers.base import (
     InputShard,
     Sample,
     Source,
-    exists_or_failure,
-    shard_failure,
 )
-from recaption.readers.common import KeyTracker, caption_from_bytes, parse_json_sidecar
-from recaption.readers.tar import iter_tar_groups, split_key
+from recaption.readers.common import caption_from_bytes, parse_json_sidecar, read_tar_shard
+from recaption.readers.tar import TarGroup, split_key
 
 STAGE = "read"
 SAM_KEY = re.compile(r"^sa_\d+$")
@@ -90,50 +88,32 @@ class SamSource(Source):
         if shard.files:
             yield from self._read_folder_chunk(shard)
             return
-        missing = exists_or_failure(shard, STAGE)
-        if missing:
-            yield missing
-            return
-        keys = KeyTracker()
-        n = 0
-        for ev in iter_tar_groups(shard.uri):
-            if ev.problem:
-                yield Failure(key="", stage=STAGE, reason=ev.problem, uri=shard.uri, member=ev.member)
-                continue
-            assert ev.group is not None
-            g = ev.group
-            img = g.files.get("jpg") or g.files.get("jpeg")
-            if img is None:
-                yield Failure(
-                    key=g.key,
-                    stage=STAGE,
-                    uri=shard.uri,
-                    member=next(iter(g.files.values())).name if g.files else "",
-                    reason=f"no .jpg for SAM key {g.key!r} "
-                    f"(found: {', '.join(sorted(g.files)) or 'nothing'})",
-                )
-                continue
-            sample = Sample(
-                key=g.key.rsplit("/", 1)[-1],
-                source_kind=self.kind,
-                ref=ImageRef(uri=shard.uri, member=img.name, offset=img.offset, length=img.size),
-                data=img.data,
+        yield from read_tar_shard(shard, lambda group: self._tar_sample(shard, group), STAGE)
+
+    def _tar_sample(self, shard: InputShard, g: TarGroup) -> Sample | Failure:
+        img = g.files.get("jpg") or g.files.get("jpeg")
+        if img is None:
+            return Failure(
+                key=g.key,
+                stage=STAGE,
+                uri=shard.uri,
+                member=next(iter(g.files.values())).name if g.files else "",
+                reason=f"no .jpg for SAM key {g.key!r} (found: {', '.join(sorted(g.files)) or 'nothing'})",
             )
-            if "json" in g.files:
-                _apply_sam_json(sample, g.files["json"].data, g.files["json"].name)
-            else:
-                sample.warnings.append(f"no annotation file {g.key}.json beside the image")
-            if "txt" in g.files:
-                caption_from_bytes(sample, g.files["txt"].data, f"caption {g.files['txt'].name!r}")
-            self._caption(sample)
-            dup = keys.check(sample.key, img.name, STAGE, shard.uri, img.name)
-            if dup:
-                yield dup
-                continue
-            n += 1
-            yield sample
-        if n == 0:
-            yield shard_failure(shard, STAGE, "shard holds no samples (empty tar)", severity="warning")
+        sample = Sample(
+            key=g.key.rsplit("/", 1)[-1],
+            source_kind=self.kind,
+            ref=ImageRef(uri=shard.uri, member=img.name, offset=img.offset, length=img.size),
+            data=img.data,
+        )
+        if "json" in g.files:
+            _apply_sam_json(sample, g.files["json"].data, g.files["json"].name)
+        else:
+            sample.warnings.append(f"no annotation file {g.key}.json beside the image")
+        if "txt" in g.files:
+            caption_from_bytes(sample, g.files["txt"].data, f"caption {g.files['txt'].name!r}")
+        self._caption(sample)
+        return sample
 
     def _read_folder_chunk(self, shard: InputShard) -> Iterator[Sample | Failure]:
         for url in shard.files:

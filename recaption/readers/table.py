@@ -20,6 +20,7 @@ from recaption.readers.base import (
     InputShard,
     Sample,
     Source,
+    decode_caption,
     exists_or_failure,
     shard_failure,
 )
@@ -248,8 +249,6 @@ class TableSource(Source):
                 caption=None if caption is None else str(caption).strip(),
             )
             if isinstance(caption, bytes):
-                from recaption.readers.base import decode_caption
-
                 sample.caption, warning = decode_caption(caption, f"caption in row {row}")
                 if warning:
                     sample.warnings.append(warning)

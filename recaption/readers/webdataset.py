@@ -15,11 +15,9 @@ from recaption.readers.base import (
     InputShard,
     Sample,
     Source,
-    exists_or_failure,
-    shard_failure,
 )
-from recaption.readers.common import KeyTracker, caption_from_bytes, json_safe, parse_json_sidecar
-from recaption.readers.tar import IMAGE_EXTENSIONS, TarGroup, iter_tar_groups
+from recaption.readers.common import caption_from_bytes, json_safe, parse_json_sidecar, read_tar_shard
+from recaption.readers.tar import IMAGE_EXTENSIONS, TarGroup
 
 STAGE = "read"
 
@@ -71,30 +69,4 @@ class WebDatasetSource(Source):
         return sample
 
     def read_shard(self, shard: InputShard) -> Iterator[Sample | Failure]:
-        missing = exists_or_failure(shard, STAGE)
-        if missing:
-            yield missing
-            return
-        keys = KeyTracker()
-        n = 0
-        for ev in iter_tar_groups(shard.uri):
-            if ev.problem:
-                yield Failure(key="", stage=STAGE, reason=ev.problem, uri=shard.uri, member=ev.member)
-                continue
-            assert ev.group is not None
-            item = self._sample(shard, ev.group)
-            if isinstance(item, Sample):
-                dup = keys.check(
-                    item.key,
-                    item.ref.member if item.ref else "",
-                    STAGE,
-                    shard.uri,
-                    item.ref.member if item.ref else "",
-                )
-                if dup:
-                    yield dup
-                    continue
-                n += 1
-            yield item
-        if n == 0:
-            yield shard_failure(shard, STAGE, "shard holds no samples (empty tar)", severity="warning")
+        return read_tar_shard(shard, lambda group: self._sample(shard, group), STAGE)
