@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from recaption.readers.base import InputShard
+from recaption.shards.size import ShardSizePolicy
 from recaption.shards.writer import ShardOutput
 
 
@@ -44,6 +45,10 @@ class Stage(ABC):
     def parquet_options(self) -> dict[str, Any]:
         """Extra ``pyarrow.parquet.ParquetWriter`` arguments for the data shards."""
         return {}
+
+    def size_policy(self) -> ShardSizePolicy | None:
+        """A target size for the data files (``None``: one file per input shard)."""
+        return None
 
     def file_metadata(self) -> dict[str, str]:
         """Key-value metadata stored in every data shard (e.g. model ids)."""

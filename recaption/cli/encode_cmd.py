@@ -53,6 +53,12 @@ def encode_command(
     batch_rows: int = typer.Option(
         64, "--batch-rows", help="Samples per encode call and per parquet row group."
     ),
+    max_file_rows: int | None = typer.Option(
+        None, "--max-file-rows", help="Split a shard into files of at most this many rows."
+    ),
+    max_file_size: str | None = typer.Option(
+        None, "--max-file-size", help="Split a shard into files of at most this size (512MB, 2GiB)."
+    ),
     executor: str = typer.Option(
         "ray", "--executor", help="ray (actors, one per GPU) | local (this process)."
     ),
@@ -64,6 +70,7 @@ def encode_command(
     from recaption.encoder.stage import EncodeStage, encode_configs
     from recaption.errors import ConfigError
     from recaption.runner import RayOptions, run_stage
+    from recaption.shards.size import parse_size
 
     if what not in ("both", "text", "image"):
         raise ConfigError("--what", what, ("both", "text", "image"))
@@ -84,6 +91,8 @@ def encode_command(
         preset=preset,
         text_from=text_from,
         batch_rows=batch_rows,
+        max_file_rows=max_file_rows,
+        max_file_bytes=parse_size(max_file_size, "--max-file-size"),
     )
     summary = run_stage(
         stage, output, executor=executor, ray=RayOptions(address=ray_address, num_workers=workers)

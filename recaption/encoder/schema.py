@@ -47,10 +47,10 @@ and zstd 8% at a 3-5x slower write, so tensor columns are written uncompressed, 
 statistics; the small columns use zstd. All of this is plain parquet: pandas, polars, duckdb and
 ``datasets`` read it without our code.
 
-Output files: input shard ``i`` becomes ``part-{i:05d}.parquet`` (the stage layout's rule).
-:class:`ShardSizePolicy` caps a file's row groups by rows and/or bytes (the default, so resume stays
-one file per input shard) or, with ``split="files"``, splits the shard into
-``part-{i:05d}-{j:03d}.parquet`` files (greedy, in row order, so reruns produce the same files).
+Output files: input shard ``i`` becomes ``part-{i:05d}.parquet`` (the stage layout's rule), or,
+with a target file size (``recaption encode --max-file-rows/--max-file-size``), the files
+``part-{i:05d}-{j:03d}.parquet``, split greedily in row order so reruns produce the same files
+(:class:`~recaption.shards.size.ShardSizePolicy`).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from recaption.errors import ConfigError, RecaptionError
+from recaption.shards.size import ShardSizePolicy
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "recaption"
@@ -633,61 +634,14 @@ def validate_file(url: str, *, deep: bool = False) -> FeatureMetadata:
 
 
 # -- shard size --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ShardSizePolicy:
-    """A target size for output data, in rows and/or bytes (tensor bytes, the bulk of a file).
-
-    ``split="row_groups"`` (default): one file per input shard, row groups closed at the target,
-    so readers stream a file with bounded memory and resume stays one file per shard.
-    ``split="files"``: the shard's rows are split into ``part-{i:05d}-{j:03d}.parquet`` files of at
-    most the target (greedy, in row order; a single row larger than the target gets a file alone).
-    """
-
-    max_rows: int | None = None
-    max_bytes: int | None = None
-    split: str = "row_groups"
-
-    def __post_init__(self) -> None:
-        if self.split not in ("row_groups", "files"):
-            raise ConfigError("shard split", self.split, ("row_groups", "files"))
-        if self.max_rows is not None and self.max_rows < 1:
-            raise ConfigError("max rows per shard", self.max_rows, "a positive number of rows, or none")
-        if self.max_bytes is not None and self.max_bytes < 1:
-            raise ConfigError("max bytes per shard", self.max_bytes, "a positive number of bytes, or none")
-
-    def plan(self, row_nbytes: Sequence[int]) -> list[tuple[int, int]]:
-        """Split rows of the given sizes into ``[(start, stop), …]`` chunks under the target."""
-        chunks: list[tuple[int, int]] = []
-        start, acc = 0, 0
-        for i, n in enumerate(row_nbytes):
-            rows = i - start
-            over_rows = self.max_rows is not None and rows >= self.max_rows
-            over_bytes = self.max_bytes is not None and rows > 0 and acc + n > self.max_bytes
-            if over_rows or over_bytes:
-                chunks.append((start, i))
-                start, acc = i, 0
-            acc += int(n)
-        if start < len(row_nbytes) or not chunks:
-            chunks.append((start, len(row_nbytes)))
-        return chunks
-
-    def file_names(self, index: int, n_chunks: int) -> list[str]:
-        """Output names for input shard ``index`` split into ``n_chunks``."""
-        if self.split == "row_groups":
-            return [f"part-{index:05d}.parquet"]
-        return [f"part-{index:05d}-{j:03d}.parquet" for j in range(n_chunks)]
-
-
+# The policy is the shard layout's (recaption.shards.size); imported here for write_feature_table.
 def row_nbytes(table: Any) -> list[int]:
-    """Bytes of each row's tensor columns (what :class:`ShardSizePolicy` counts)."""
-    import pyarrow.compute as pc
+    """Bytes of each row's tensor columns (the bulk of a feature file)."""
+    from recaption.shards import size
 
-    cols = tensor_columns(table.schema)
-    total = np.zeros(table.num_rows, dtype=np.int64)
-    for c in cols:
-        lengths = pc.binary_length(table.column(c)).to_numpy(zero_copy_only=False)
-        total += np.nan_to_num(lengths.astype(np.float64), nan=0.0).astype(np.int64)
-    return total.tolist()
+    if table.num_rows == 0:
+        return []
+    return size.row_nbytes(table, tensor_columns(table.schema))
 
 
 def write_feature_table(url_or_file: Any, table: Any, policy: ShardSizePolicy | None = None) -> list[int]:

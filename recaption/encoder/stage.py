@@ -92,6 +92,10 @@ class EncodeStage(Stage):
     text_from: str | None = None  # a text-only feature folder whose t5 columns this stage reuses
     expected_shards: tuple[int, ...] | None = None  # pipeline: the upstream's shard indices
     batch_rows: int = 64  # samples per encode call (and per parquet row group)
+    # A target size per data file: a shard over it is split into part-i-000, part-i-001...
+    # (file layout only, so not in the fingerprint: a resumed run may change it).
+    max_file_rows: int | None = None
+    max_file_bytes: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     decode_threads: int = 4
     name = "encode"
@@ -113,6 +117,10 @@ class EncodeStage(Stage):
             )
         if self.batch_rows < 1:
             raise ConfigError("batch_rows", self.batch_rows, "a positive number of samples")
+        if self.max_file_rows is not None and self.max_file_rows < 1:
+            raise ConfigError("--max-file-rows", self.max_file_rows, "a positive number of rows, or none")
+        if self.max_file_bytes is not None and self.max_file_bytes < 1:
+            raise ConfigError("--max-file-size", self.max_file_bytes, "a positive size, or none")
         self._text_enc: TextEncoder | None = None
         self._image_enc: ImageEncoder | None = None
         self._schema: Any = None
@@ -182,6 +190,11 @@ class EncodeStage(Stage):
 
     def parquet_options(self) -> dict[str, Any]:
         return S.parquet_write_options(self.schema())
+
+    def size_policy(self) -> S.ShardSizePolicy | None:
+        if self.max_file_rows is None and self.max_file_bytes is None:
+            return None
+        return S.ShardSizePolicy(max_rows=self.max_file_rows, max_bytes=self.max_file_bytes, split="files")
 
     def _text_from_meta(self) -> S.TextMeta:
         from recaption.shards.layout import StageDir
@@ -263,10 +276,14 @@ class EncodeStage(Stage):
     def _text_rows(self, shard: InputShard) -> dict[str, dict[str, Any]]:
         from recaption.shards.layout import StageDir
 
-        url = StageDir(self.text_from or "").data(shard.index)
+        sd = StageDir(self.text_from or "")
         cols = [S.t5_column(f, s) for f in self.fields for s in S.TEXT_SUFFIXES]
-        t = read_shard_table(InputShard(index=shard.index, uri=url), ["key", *cols])
-        return {r["key"]: r for r in t.to_pylist()}
+        out: dict[str, dict[str, Any]] = {}
+        # one file, or several when the text run split its shards by size
+        for url in sd.shard_files(shard.index) or [sd.data(shard.index)]:
+            t = read_shard_table(InputShard(index=shard.index, uri=url), ["key", *cols])
+            out.update((r["key"], r) for r in t.to_pylist())
+        return out
 
     def _encode(
         self,

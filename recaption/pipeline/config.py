@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
 from recaption.errors import ConfigError
 
@@ -102,6 +110,12 @@ class EncodeConfig(_Strict):
     device: str = Field("auto", description="auto | cuda | cuda:N | cpu.")
     store_dtype: Literal["float16", "bfloat16"] = Field("float16", description="Dtype of stored tensors.")
     batch_rows: int = Field(64, description="Samples per encode call and per parquet row group.")
+    max_file_rows: PositiveInt | None = Field(
+        None, description="Split a shard's features into files of at most this many rows."
+    )
+    max_file_size: ByteSize | None = Field(
+        None, description="Split a shard's features into files of at most this size (e.g. 512MB, 2GiB)."
+    )
     split_workers: bool = Field(False, description="T5 and VAE on different workers (two stages).")
     workers: int | None = Field(None, description="Encode workers (default: one per GPU, or per CPU slot).")
     gpus_per_worker: float = Field(1.0, description="GPUs per encode worker (fractions share a GPU).")
@@ -153,6 +167,9 @@ NON_SEMANTIC = {
     "nouns.workers",
     "nouns.cpus_per_worker",
     "encode.batch_rows",
+    # file layout only: finished shards keep theirs, the rest follow the new target
+    "encode.max_file_rows",
+    "encode.max_file_size",
     "encode.workers",
     "encode.gpus_per_worker",
     "encode.cpus_per_worker",

@@ -171,6 +171,8 @@ def plan(cfg: PipelineConfig) -> Plan:
             preset=e.preset,
             expected_shards=expected,
             batch_rows=e.batch_rows,
+            max_file_rows=e.max_file_rows,
+            max_file_bytes=int(e.max_file_size) if e.max_file_size is not None else None,
         )
         if e.split_workers:
             text_url = io.join(out, "features_text")

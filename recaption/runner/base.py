@@ -94,6 +94,7 @@ def run_shard(
         metadata=stage.file_metadata(),
         compression=stage.compression,
         writer_options=stage.parquet_options(),
+        size_policy=stage.size_policy(),
     )
     try:
         stats = stage.process_shard(shard, out) or {}

@@ -4,7 +4,8 @@
 
     OUTPUT/
       _stage.json                  stage name and the configuration that determines the output
-      part-00000.parquet           data of input shard 0
+      part-00000.parquet           data of input shard 0 (or part-00000-000.parquet,
+                                   part-00000-001.parquet... when a size target splits it)
       _failures/part-00000.parquet failure manifest rows of shard 0 (errors and warnings)
       _stats/part-00000.json       written last: shard 0 is complete
       _<side>/part-00000.<ext>     side outputs of a stage (e.g. per-shard noun counts)
@@ -23,7 +24,8 @@ from typing import Any
 
 from recaption import io
 
-PART_RE = re.compile(r"^part-(\d{5,})\.")
+# part-00003.parquet, or part-00003-001.parquet when shard 3 was split into several files
+PART_RE = re.compile(r"^part-(\d{5,})(?:-(\d{3,}))?\.")
 
 
 def part_name(index: int, ext: str = "parquet") -> str:
@@ -36,8 +38,20 @@ class StageDir:
 
     url: str
 
-    def data(self, index: int) -> str:
-        return io.join(self.url, part_name(index))
+    def data(self, index: int, part: int | None = None) -> str:
+        """Shard ``index``'s data file, or its file number ``part`` when the shard is split."""
+        from recaption.shards.size import file_name
+
+        return io.join(self.url, file_name(index, part))
+
+    def shard_files(self, index: int) -> list[str]:
+        """The data files of shard ``index`` present now: one, or several when it was split."""
+        out = []
+        for url in self.data_files():
+            m = PART_RE.match(io.basename(url))
+            if m and int(m.group(1)) == index:
+                out.append(url)
+        return sorted(out, key=lambda u: int(PART_RE.match(io.basename(u)).group(2) or -1))  # type: ignore[union-attr]
 
     def failures(self, index: int) -> str:
         return io.join(self.url, "_failures", part_name(index))

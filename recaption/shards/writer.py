@@ -2,7 +2,9 @@
 
 Commit order is data, then the failure manifest, then side outputs, then the stats file. The
 stats file is the completion marker: a shard without one is redone from the start by a rerun, and
-its temporary files are never mistaken for output.
+its temporary files are never mistaken for output. With a :class:`~recaption.shards.size.ShardSizePolicy`
+of ``split="files"`` a shard's rows go to several files (``part-{i:05d}-{j:03d}.parquet``), all
+renamed at commit.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from recaption import io
 from recaption.readers.base import SEVERITY_WARNING, Failure, InputShard, Sample
 from recaption.shards.layout import StageDir
 from recaption.shards.manifest import failures_table, reason_category
+from recaption.shards.size import Chunker, ShardSizePolicy, row_nbytes
 
 
 def write_parquet_atomic(
@@ -45,6 +48,7 @@ class ShardOutput:
         compression: str = "zstd",
         row_group_rows: int | None = None,
         writer_options: dict[str, Any] | None = None,
+        size_policy: ShardSizePolicy | None = None,
     ) -> None:
         import pyarrow as pa
 
@@ -63,6 +67,11 @@ class ShardOutput:
         self.counters: Counter[str] = Counter()
         self.rows = 0
         self._side: dict[str, tuple[Any, str]] = {}
+        self.size_policy = size_policy if size_policy is not None and size_policy.limited else None
+        self._chunker = Chunker(self.size_policy) if self.size_policy is not None else None
+        self._split_files = self.size_policy is not None and self.size_policy.split == "files"
+        self._done_files: list[tuple[str, str]] = []  # (temporary, final) of closed split files
+        self._target: str | None = None
         self._tmp: str | None = None
         self._file: Any = None
         self._writer: Any = None
@@ -73,8 +82,12 @@ class ShardOutput:
         import fsspec
         import pyarrow.parquet as pq
 
-        target = self.stage_dir.data(self.shard.index)
+        if self._split_files:
+            target = self.stage_dir.data(self.shard.index, part=len(self._done_files))
+        else:
+            target = self.stage_dir.data(self.shard.index)
         io.makedirs(self.stage_dir.url)
+        self._target = target
         self._tmp = io.tmp_name(target)
         self._file = fsspec.open(self._tmp, "wb").open()
         self._writer = pq.ParquetWriter(self._file, self.schema, **self.writer_options)
@@ -93,10 +106,27 @@ class ShardOutput:
             table = rows.cast(self.schema) if rows.schema != self.schema else rows
         if table.num_rows == 0:
             return
+        if self._chunker is None:
+            self._write(table)
+            return
+        for a, b, new_chunk in self._chunker.split(row_nbytes(table)):
+            if new_chunk and self._split_files and self._writer is not None:
+                self._close_file()
+            self._write(table.slice(a, b - a))
+
+    def _write(self, table: Any) -> None:
         if self._writer is None:
             self._open()
         self._writer.write_table(table, row_group_size=self.row_group_rows)
         self.rows += table.num_rows
+
+    def _close_file(self) -> None:
+        """Finish the current file under its temporary name (renamed at commit)."""
+        assert self._writer is not None and self._tmp is not None and self._target is not None
+        self._writer.close()
+        self._file.close()
+        self._done_files.append((self._tmp, self._target))
+        self._writer = self._file = self._tmp = self._target = None
 
     # -- failures and counters ---------------------------------------------------------------
     def fail(self, failure: Failure) -> None:
@@ -129,12 +159,17 @@ class ShardOutput:
             self._open()
             assert self._writer is not None
             self._writer.write_table(pa.Table.from_pylist([], schema=self.schema))
-        self._writer.close()
-        self._file.close()
-        assert self._tmp is not None
-        data_url = self.stage_dir.data(self.shard.index)
-        io.rename(self._tmp, data_url)
-        self._tmp = None
+        self._close_file()
+        files = [final for _, final in self._done_files]
+        for tmp, final in self._done_files:
+            io.rename(tmp, final)
+        self._done_files = []
+        # An earlier, interrupted attempt may have left files this one does not write (another
+        # split, or one file where there are now several): they are not part of the shard.
+        written = {io.basename(f) for f in files}
+        for url in self.stage_dir.shard_files(self.shard.index):
+            if io.basename(url) not in written:
+                io.remove(url)
         write_parquet_atomic(
             self.stage_dir.failures(self.shard.index), failures_table(self.failures, self.shard.index)
         )
@@ -157,8 +192,10 @@ class ShardOutput:
             "error_reasons": dict(reasons.most_common(20)),
             "counters": dict(sorted(self.counters.items())),
             "seconds": round(time.time() - self._started, 3),
-            "data_bytes": io.size(data_url),
+            "data_bytes": sum(io.size(f) for f in files),
         }
+        if self._split_files:
+            stats["files"] = [io.basename(f) for f in files]
         if extra:
             stats.update(extra)
         io.write_text_atomic(
@@ -175,6 +212,7 @@ class ShardOutput:
                 self._file.close()
         except Exception:
             pass
-        if self._tmp:
-            io.remove(self._tmp)
-            self._tmp = None
+        for tmp in [t for t, _ in self._done_files] + ([self._tmp] if self._tmp else []):
+            io.remove(tmp)
+        self._done_files = []
+        self._tmp = None

@@ -192,3 +192,63 @@ def test_hidden_size_mismatch_fails_at_once(
     stage = EncodeStage(captions=str(caption_dir), text=text, image=image)
     with pytest.raises(ConfigError, match="4096"):
         run_local(stage, str(tmp_path / "x"), progress=False)
+
+
+def test_target_file_size_splits_shards_and_everything_reads_them(
+    caption_dir: Path, tiny_t5_dir: str, tiny_vae_model_dir: str, tmp_path: Path
+):
+    """--max-file-rows: shard 0's 6 encoded rows go to two files of 3; the rows, the Dataset,
+    the exporter, a split text run reused by --text-from, and resume all see the same features."""
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+    from recaption.pixart.dataset import FeatureDataset
+    from recaption.pixart.export import export_pixart
+
+    ref, out = tmp_path / "ref", tmp_path / "split"
+    run_local(_stage(caption_dir, tiny_t5_dir, tiny_vae_model_dir), str(ref), progress=False)
+    args = [
+        "encode", str(caption_dir), str(out), "--executor", "local", "--device", "cpu",
+        "--t5-model", tiny_t5_dir, "--vae-model", tiny_vae_model_dir, "--t5-hidden-size", "32",
+        "--resolutions", "256,512", "--max-file-rows", "3", "--json",
+    ]  # fmt: skip
+    r = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in out.glob("part-*.parquet"))
+    assert names == ["part-00000-000.parquet", "part-00000-001.parquet", "part-00001-000.parquet"]
+    stats0 = json.loads((out / "_stats" / "part-00000.json").read_text())
+    assert stats0["files"] == names[:2] and stats0["rows"] == 6
+    assert [len(pd.read_parquet(out / n)) for n in names] == [3, 3, 1]
+    a = pd.read_parquet(ref).sort_values("key").reset_index(drop=True)
+    b = pd.read_parquet(out).sort_values("key").reset_index(drop=True)
+    for col in ("key", "t5_dense", "vae_256", "vae_512"):
+        assert a[col].tolist() == b[col].tolist(), col
+    assert len(FeatureDataset(str(out), resolution=256)) == 7
+    assert export_pixart(str(out), str(tmp_path / "pixart")).rows == 7
+
+    # a rerun skips every shard; a lost stats file redoes that shard into the same files
+    (out / "_stats" / "part-00000.json").unlink()
+    before = {n: (out / n).read_bytes() for n in names}
+    r = CliRunner().invoke(app, args, catch_exceptions=False)
+    d = json.loads(r.output[r.output.index("{") :])
+    assert (d["done_shards"], d["skipped_shards"]) == (1, 1)
+    assert {n: (out / n).read_bytes() for n in names} == before
+
+    # a text run split by bytes, reused by an image-only run
+    text, image = encode_configs(
+        "alpha", t5_model=tiny_t5_dir, vae_model=tiny_vae_model_dir, resolutions=(256, 512),
+        device="cpu", t5_hidden_size=32,
+    )  # fmt: skip
+    t_out, i_out = tmp_path / "text", tmp_path / "image"
+    st = EncodeStage(captions=str(caption_dir), text=text, image=None, max_file_bytes=200)
+    assert run_local(st, str(t_out), progress=False).ok
+    assert len(list(t_out.glob("part-00000-*.parquet"))) >= 2
+    si = EncodeStage(captions=str(caption_dir), text=None, image=image, text_from=str(t_out))
+    assert run_local(si, str(i_out), progress=False).ok
+    c = pd.read_parquet(i_out).sort_values("key").reset_index(drop=True)
+    assert a.key.tolist() == c.key.tolist() and a.t5_dense.tolist() == c.t5_dense.tolist()
+
+    with pytest.raises(ConfigError, match="--max-file-rows"):
+        EncodeStage(captions=str(caption_dir), max_file_rows=0)
+    r = CliRunner().invoke(app, [*args[:-3], "--max-file-size", "huge"])
+    assert r.exit_code != 0 and "--max-file-size" in r.output

@@ -187,3 +187,22 @@ def test_cli_run_with_flags(wds_source: Path, tiny_models: dict[str, str], tmp_p
     assert d["images"] == 12
     r = CliRunner().invoke(app, ["run", "--help-config"])
     assert "max_new_tokens" in r.output
+
+
+def test_file_size_target_reaches_the_encode_stages(
+    wds_source: Path, tiny_models: dict[str, str], tmp_path: Path
+):
+    from recaption.pipeline.config import semantic
+    from recaption.pipeline.run import plan
+
+    cfg = tiny_config(wds_source, tmp_path / "o", tiny_models)
+    cfg["encode"].update(max_file_size="512MB", max_file_rows=1000, split_workers=True)
+    p = plan(load_config(cfg))
+    for name in ("encode_text", "encode"):
+        stage = p.stages[name].stage
+        assert (stage.max_file_rows, stage.max_file_bytes) == (1000, 512_000_000), name
+    # file layout, not results: a resumed run may change it
+    assert not any(k.startswith("encode.max_file") for k in semantic(load_config(cfg)))
+    cfg["encode"]["max_file_size"] = "a lot"
+    with pytest.raises(ConfigError, match=r"encode\.max_file_size"):
+        load_config(cfg)
