@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one command, for one device session (at most 8 minutes on an
+# H100). Prepare with benchmarks/gpu_prepare.sh here, then run this there with .whl and .bench
+# carried. Each step has its own time limit, so one that hangs cannot eat the others' time, and
+# every log and JSON lands in $OUT (or ./gpu-out) as soon as it is written.
+#   GPU_CHECK_STEPS="tests vae t5 caption" picks steps (default: all but caption, whose figure is
+#   already measured). GPU_CHECK_TINY=1 runs the benchmarks' tiny CPU versions: a dry run of this
+#   script on any machine.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu-out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if compgen -G ".whl/*.whl" >/dev/null && [ -z "${GPU_CHECK_TINY:-}" ]; then  # wheels are cp312
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site:$PWD"
+else
+  export PYTHONPATH="$PWD"
+fi
+[ -d .bench/shared ] && export RECAPTION_SHARED="$PWD/.bench/shared"
+STEPS="${GPU_CHECK_STEPS:-tests vae t5}"
+TINY="${GPU_CHECK_TINY:+--tiny}"
+step() { echo "=== $1 ($(date +%T))"; }
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi"; } \
+  | tee "$OUT/gpu.txt"
+python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, \
+'transformers', transformers.__version__, 'diffusers', diffusers.__version__)" | tee -a "$OUT/gpu.txt"
+
+if [[ " $STEPS " == *" tests "* ]]; then
+  step "pytest -m gpu"
+  timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/encoder/test_t5.py \
+    tests/encoder/test_vae.py tests/captioner/test_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log"
+fi
+if [[ " $STEPS " == *" vae "* ]]; then
+  step "VAE @1024: plain encode b8 against the untried variants and the best so far"
+  timeout 200 python3 benchmarks/vae_gpu.py $TINY --resolutions 1024 --images 240 --budget-s 150 \
+    --variants full-cl-gemm full-cl-gemm-pad full-cl --profile --json "$OUT/vae.json" \
+    2>&1 | tee "$OUT/vae.log"
+fi
+if [[ " $STEPS " == *" t5 "* ]]; then
+  step "T5-XXL: plain padded b128 against the TextEncoder, dense and raw captions"
+  timeout 170 python3 benchmarks/t5_gpu.py $TINY --peak-tflops 790 --json "$OUT/t5.json" \
+    --profile "$OUT/t5_kernels.txt" 2>&1 | tee "$OUT/t5.log"
+fi
+if [[ " $STEPS " == *" caption "* ]]; then
+  step "LLaVA-1.5-7B architecture: plain generate against the captioner"
+  timeout 240 python3 benchmarks/caption_gpu.py $TINY --quick --json "$OUT/caption.json" 2>&1 | tee "$OUT/caption.log"
+fi
+step "done"
