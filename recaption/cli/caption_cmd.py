@@ -37,11 +37,15 @@ def caption_command(
         False, "--sample/--greedy", help="Sample (seeded, reproducible) or greedy decode."
     ),
     temperature: float = typer.Option(0.2, "--temperature", help="Sampling temperature (PixArt used 0.2)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
     seed: int = typer.Option(0, "--seed", help="Seed of the per-sample sampling streams."),
     max_image_pixels: int = typer.Option(
         1024 * 1024,
         "--max-image-pixels",
         help="Shrink larger images to this many pixels before preprocessing.",
+    ),
+    compile_: bool = typer.Option(
+        False, "--compile/--no-compile", help="torch.compile generation on GPU (+8-10%, ~30 s warm-up)."
     ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own code."),
     kind: str = source_options.kind,
@@ -58,28 +62,35 @@ def caption_command(
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
     """Dense captions with a vision-language model (PixArt's LLaVA recaptioning), a shard per input shard."""
-    from recaption.captioner.model import CaptionerConfig
-    from recaption.captioner.stage import CaptionStage
+    from recaption.pipeline.build import caption_stage, section_from_flags
+    from recaption.pipeline.config import CaptionConfig
     from recaption.readers import open_source
     from recaption.runner import RayOptions, run_stage
 
-    cfg = CaptionerConfig(
-        model=model,
-        revision=revision,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        temperature=temperature,
-        seed=seed,
-        max_image_pixels=max_image_pixels,
-        trust_remote_code=trust_remote_code,
+    section = section_from_flags(
+        CaptionConfig,
+        {
+            "model": model,
+            "revision": revision,
+            "prompt": prompt,
+            "device": device,
+            "dtype": dtype,
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "sample": sample,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "max_image_pixels": max_image_pixels,
+            "compile": compile_,
+            "trust_remote_code": trust_remote_code,
+        },
+        flags={"sample": "--sample/--greedy", "compile": "--compile/--no-compile"},
     )
     src = open_source(
         source, kind=kind, shard_size=shard_size, captions_dir=captions_dir, text_column=text_column
     )
-    stage = CaptionStage(source=src, model=cfg, prompt=prompt)
+    stage = caption_stage(section, src)
     summary = run_stage(
         stage, output, executor=executor, ray=RayOptions(address=ray_address, num_workers=workers)
     )

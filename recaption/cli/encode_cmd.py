@@ -67,33 +67,28 @@ def encode_command(
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
     """T5 text features and VAE latents in parquet shards that PixArt training loads."""
-    from recaption.encoder.stage import EncodeStage, encode_configs
-    from recaption.errors import ConfigError
+    from recaption.pipeline.build import encode_stage, section_from_flags
+    from recaption.pipeline.config import EncodeConfig
     from recaption.runner import RayOptions, run_stage
-    from recaption.shards.size import parse_size
 
-    if what not in ("both", "text", "image"):
-        raise ConfigError("--what", what, ("both", "text", "image"))
-    text, image = encode_configs(
-        preset,
-        t5_model=t5_model,
-        vae_model=vae_model,
-        resolutions=parse_resolutions(resolutions),
-        device=device,
-        t5_hidden_size=t5_hidden_size,
-        store_dtype=store_dtype,
+    res = parse_resolutions(resolutions)
+    section = section_from_flags(
+        EncodeConfig,
+        {
+            "preset": preset,
+            "fields": [f.strip() for f in fields.split(",") if f.strip()],
+            "t5_model": t5_model,
+            "t5_hidden_size": t5_hidden_size,
+            "vae_model": vae_model,
+            "resolutions": list(res) if res else None,
+            "device": device,
+            "store_dtype": store_dtype,
+            "batch_rows": batch_rows,
+            "max_file_rows": max_file_rows,
+            "max_file_size": max_file_size or None,
+        },
     )
-    stage = EncodeStage(
-        captions=captions,
-        text=None if what == "image" else text,
-        image=None if what == "text" else image,
-        fields=tuple(f.strip() for f in fields.split(",") if f.strip()),
-        preset=preset,
-        text_from=text_from,
-        batch_rows=batch_rows,
-        max_file_rows=max_file_rows,
-        max_file_bytes=parse_size(max_file_size, "--max-file-size"),
-    )
+    stage = encode_stage(section, captions, what=what, text_from=text_from)
     summary = run_stage(
         stage, output, executor=executor, ray=RayOptions(address=ray_address, num_workers=workers)
     )

@@ -34,6 +34,9 @@ def nouns_command(
     pos: str = typer.Option("NOUN+PROPN", "--pos", help="NOUN | NOUN+PROPN."),
     compounds: str = typer.Option("off", "--compounds", help="off | join | parser."),
     min_length: int = typer.Option(2, "--min-length", help="Shortest noun kept (characters)."),
+    alpha_only: bool = typer.Option(
+        True, "--alpha-only/--any-chars", help="Keep only alphabetic nouns (drops 3d, covid-19)."
+    ),
     stop_list: str = typer.Option("default", "--stop-list", help="default | captions | none."),
     stop_file: str | None = typer.Option(None, "--stop-file", help="Extra stop words, one per line."),
     max_chars: int = typer.Option(10_000, "--max-chars", help="Longer captions are cut there and flagged."),
@@ -45,25 +48,37 @@ def nouns_command(
 ) -> None:
     """Noun statistics in PixArt's Table 1 form (VN/DN, total nouns, nouns per image), side by side."""
     from recaption.errors import ConfigError
-    from recaption.nouns.options import NounOptions
     from recaption.nouns.report import print_report
     from recaption.nouns.stage import NounsStage, make_inputs, merge_reports
+    from recaption.pipeline.build import noun_options, section_from_flags
+    from recaption.pipeline.config import NounsConfig
     from recaption.runner import RayOptions, run_stage
 
     if len(paths) < 2:
         raise ConfigError("INPUT... OUTPUT", paths, "at least one input and an output folder")
     *inputs, output = paths
-    options = NounOptions(
-        lemmatize=lemmatize,
-        lowercase=lowercase,
-        pos=pos,
-        compounds=compounds,
-        min_length=min_length,
-        stop_list=stop_list,
-        stop_file=stop_file,
-        max_chars=max_chars,
-        model=spacy_model,
+    section = section_from_flags(
+        NounsConfig,
+        {
+            "threshold": threshold,
+            "lemmatize": lemmatize,
+            "lowercase": lowercase,
+            "pos": pos,
+            "compounds": compounds,
+            "min_length": min_length,
+            "alpha_only": alpha_only,
+            "stop_list": stop_list,
+            "stop_file": stop_file,
+            "max_chars": max_chars,
+            "spacy_model": spacy_model,
+        },
+        flags={
+            "lemmatize": "--lemmatize/--no-lemmatize",
+            "lowercase": "--lowercase/--keep-case",
+            "alpha_only": "--alpha-only/--any-chars",
+        },
     )
+    options = noun_options(section)
     stage = NounsStage(
         inputs=make_inputs(inputs, label or None, column or None, text_column or None, shard_size),
         options=options,
@@ -71,7 +86,7 @@ def nouns_command(
     summary = run_stage(
         stage, output, executor=executor, ray=RayOptions(address=ray_address, num_workers=workers)
     )
-    urls, report = merge_reports(output, threshold=threshold)
+    urls, report = merge_reports(output, threshold=section.threshold)
     if as_json:
         print_json(report)
     else:

@@ -78,7 +78,7 @@ class NounsConfig(_Strict):
         ["raw_caption", "dense_caption"], description="Caption columns compared side by side."
     )
     labels: list[str] | None = Field(None, description="A label per column (default: the column names).")
-    threshold: int = Field(
+    threshold: float = Field(
         10, description="VN counts nouns appearing more than this many times (PixArt: 10)."
     )
     lemmatize: bool = Field(True, description="Count lemmas (dogs → dog).")

@@ -24,6 +24,7 @@ from typing import Any
 
 from recaption import __version__, io
 from recaption.errors import ConfigError
+from recaption.pipeline import build
 from recaption.pipeline.config import PipelineConfig, semantic
 from recaption.runner.base import OutputConflictError, RunSummary, log
 from recaption.stage import Resources, Stage
@@ -71,9 +72,6 @@ def plan(cfg: PipelineConfig) -> Plan:
     )
     expected: tuple[int, ...] | None = None
     if cfg.caption.enabled:
-        from recaption.captioner.model import CaptionerConfig
-        from recaption.captioner.stage import CaptionStage
-
         c = cfg.caption
         src = open_source(
             cfg.source.path,
@@ -82,25 +80,7 @@ def plan(cfg: PipelineConfig) -> Plan:
             captions_dir=cfg.source.captions_dir,
             text_column=cfg.source.text_column,
         )
-        stage = CaptionStage(
-            source=src,
-            model=CaptionerConfig(
-                model=c.model,
-                revision=c.revision,
-                dtype=c.dtype,
-                device=c.device,
-                batch_size=c.batch_size,
-                max_new_tokens=c.max_new_tokens,
-                do_sample=c.sample,
-                temperature=c.temperature,
-                top_p=c.top_p,
-                seed=c.seed,
-                max_image_pixels=c.max_image_pixels,
-                compile=c.compile,
-                trust_remote_code=c.trust_remote_code,
-            ),
-            prompt=c.prompt,
-        )
+        stage = build.caption_stage(c, src)
         expected = tuple(s.index for s in src.shards())
         p.stages["caption"] = PlannedStage(
             stage, p.captions, None, c.workers, _resources(stage, c.cpus_per_worker, c.gpus_per_worker)
@@ -113,7 +93,6 @@ def plan(cfg: PipelineConfig) -> Plan:
             hint=f"{p.captions} holds no caption shards",
         )
     if cfg.nouns.enabled:
-        from recaption.nouns.options import NounOptions
         from recaption.nouns.stage import DEFAULT_LABELS, NounInput, NounsStage
 
         n = cfg.nouns
@@ -122,18 +101,7 @@ def plan(cfg: PipelineConfig) -> Plan:
             raise ConfigError(
                 "nouns.labels", labels, f"{len(n.columns)} labels, one per column of nouns.columns"
             )
-        options = NounOptions(
-            lemmatize=n.lemmatize,
-            lowercase=n.lowercase,
-            pos=n.pos,
-            compounds=n.compounds,
-            min_length=n.min_length,
-            alpha_only=n.alpha_only,
-            stop_list=n.stop_list,
-            stop_file=n.stop_file,
-            max_chars=n.max_chars,
-            model=n.spacy_model,
-        )
+        options = build.noun_options(n)
         stage_n = NounsStage(
             inputs=[
                 NounInput(
@@ -152,32 +120,12 @@ def plan(cfg: PipelineConfig) -> Plan:
             Resources(num_cpus=n.cpus_per_worker),
         )
     if cfg.encode.enabled:
-        from recaption.encoder.stage import EncodeStage, encode_configs
-
         e = cfg.encode
-        text, image = encode_configs(
-            e.preset,
-            t5_model=e.t5_model,
-            vae_model=e.vae_model,
-            resolutions=tuple(e.resolutions) if e.resolutions else None,
-            device=e.device,
-            t5_hidden_size=e.t5_hidden_size,
-            store_dtype=e.store_dtype,
-        )
         after = "caption" if expected is not None else None
-        common = dict(
-            captions=p.captions,
-            fields=tuple(e.fields),
-            preset=e.preset,
-            expected_shards=expected,
-            batch_rows=e.batch_rows,
-            max_file_rows=e.max_file_rows,
-            max_file_bytes=int(e.max_file_size) if e.max_file_size is not None else None,
-        )
         if e.split_workers:
             text_url = io.join(out, "features_text")
-            st = EncodeStage(text=text, image=None, **common)  # type: ignore[arg-type]
-            si = EncodeStage(text=None, image=image, text_from=text_url, **common)  # type: ignore[arg-type]
+            st = build.encode_stage(e, p.captions, what="text", expected_shards=expected)
+            si = build.encode_stage(e, p.captions, what="image", text_from=text_url, expected_shards=expected)
             p.stages["encode_text"] = PlannedStage(
                 st, text_url, after, e.workers, _resources(st, e.cpus_per_worker, e.gpus_per_worker)
             )
@@ -185,7 +133,7 @@ def plan(cfg: PipelineConfig) -> Plan:
                 si, p.features, "encode_text", e.workers, _resources(si, e.cpus_per_worker, e.gpus_per_worker)
             )
         else:
-            s = EncodeStage(text=text, image=image, **common)  # type: ignore[arg-type]
+            s = build.encode_stage(e, p.captions, expected_shards=expected)
             p.stages["encode"] = PlannedStage(
                 s, p.features, after, e.workers, _resources(s, e.cpus_per_worker, e.gpus_per_worker)
             )

@@ -137,18 +137,3 @@ def _has_width(t: Any) -> bool:
         return int(t.bit_width) > 0
     except ValueError:
         return False
-
-
-def parse_size(value: str | int | None, option: str) -> int | None:
-    """``"512MB"``, ``"2GiB"``, ``"1e9"`` or a number of bytes; ``None``/empty for no limit."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    from pydantic import ByteSize, TypeAdapter, ValidationError
-
-    try:
-        n = int(TypeAdapter(ByteSize).validate_python(value))
-    except ValidationError:
-        raise ConfigError(option, value, "a size such as 512MB, 2GiB or a number of bytes") from None
-    if n < 1:
-        raise ConfigError(option, value, "a positive size such as 512MB, 2GiB or a number of bytes")
-    return n

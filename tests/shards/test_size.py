@@ -14,7 +14,7 @@ import pytest
 from recaption.errors import ConfigError
 from recaption.readers.base import InputShard
 from recaption.shards.layout import PART_RE, StageDir
-from recaption.shards.size import Chunker, ShardSizePolicy, file_name, parse_size, row_nbytes
+from recaption.shards.size import Chunker, ShardSizePolicy, file_name, row_nbytes
 from recaption.shards.writer import ShardOutput
 
 SCHEMA = pa.schema([("key", pa.string()), ("blob", pa.binary()), ("n", pa.int32())])
@@ -169,11 +169,3 @@ def test_bad_targets_name_the_option():
         ShardSizePolicy(max_rows=0)
     with pytest.raises(ConfigError, match="row_groups"):
         ShardSizePolicy(split="bytes")
-    assert parse_size("512MB", "--max-file-size") == 512_000_000
-    assert parse_size("2GiB", "--max-file-size") == 2 * 1024**3
-    assert parse_size(4096, "--max-file-size") == 4096
-    assert parse_size(None, "--max-file-size") is None
-    with pytest.raises(ConfigError, match=r"--max-file-size.*512MB"):
-        parse_size("lots", "--max-file-size")
-    with pytest.raises(ConfigError, match="--max-file-size"):
-        parse_size("0", "--max-file-size")

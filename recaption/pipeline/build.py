@@ -1,0 +1,125 @@
+"""From configuration sections to stages: the one place that does it.
+
+``recaption run`` (a pipeline file) and the single-stage commands (``recaption caption``,
+``nouns``, ``encode``) take the same settings: the sections of :mod:`recaption.pipeline.config`.
+The commands fill a section from their flags (:func:`section_from_flags`) and both paths build
+their stages here, so an option means the same thing, with the same default and the same checks,
+whichever way it is given.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from recaption.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydantic import BaseModel
+
+    from recaption.captioner.model import CaptionerConfig
+    from recaption.captioner.stage import CaptionStage
+    from recaption.encoder.stage import EncodeStage
+    from recaption.nouns.options import NounOptions
+    from recaption.pipeline.config import CaptionConfig, EncodeConfig, NounsConfig
+    from recaption.readers.base import Source
+
+M = TypeVar("M", bound="BaseModel")
+
+
+def section_from_flags(model: type[M], values: dict[str, Any], flags: dict[str, str] | None = None) -> M:
+    """A configuration section from command-line values; a bad value fails naming its flag
+    (``--batch-size``, not ``caption.batch_size``) and what it accepts."""
+    from pydantic import ValidationError
+
+    flags = flags or {}
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = str(err.get("loc", ("?",))[0])
+        flag = flags.get(name, "--" + name.replace("_", "-"))
+        raise ConfigError(flag, err.get("input"), err.get("msg", "a valid value")) from None
+
+
+def captioner_config(c: CaptionConfig) -> CaptionerConfig:
+    """The captioner's model configuration of a ``caption`` section."""
+    from recaption.captioner.model import CaptionerConfig
+
+    return CaptionerConfig(
+        model=c.model,
+        revision=c.revision,
+        dtype=c.dtype,
+        device=c.device,
+        batch_size=c.batch_size,
+        max_new_tokens=c.max_new_tokens,
+        min_new_tokens=c.min_new_tokens,
+        do_sample=c.sample,
+        temperature=c.temperature,
+        top_p=c.top_p,
+        seed=c.seed,
+        max_image_pixels=c.max_image_pixels,
+        compile=c.compile,
+        trust_remote_code=c.trust_remote_code,
+    )
+
+
+def caption_stage(c: CaptionConfig, source: Source) -> CaptionStage:
+    """The caption stage of a ``caption`` section over an opened source."""
+    from recaption.captioner.stage import CaptionStage
+
+    return CaptionStage(source=source, model=captioner_config(c), prompt=c.prompt)
+
+
+def noun_options(n: NounsConfig) -> NounOptions:
+    """The noun counter's options of a ``nouns`` section."""
+    from recaption.nouns.options import NounOptions
+
+    return NounOptions(
+        lemmatize=n.lemmatize,
+        lowercase=n.lowercase,
+        pos=n.pos,
+        compounds=n.compounds,
+        min_length=n.min_length,
+        alpha_only=n.alpha_only,
+        stop_list=n.stop_list,
+        stop_file=n.stop_file,
+        max_chars=n.max_chars,
+        model=n.spacy_model,
+    )
+
+
+def encode_stage(
+    e: EncodeConfig,
+    captions: str,
+    *,
+    what: str = "both",
+    text_from: str | None = None,
+    expected_shards: tuple[int, ...] | None = None,
+) -> EncodeStage:
+    """The encode stage of an ``encode`` section: T5 and the VAE (``what="both"``), T5 alone
+    (``"text"``), or the VAE alone (``"image"``, reusing ``text_from``'s T5 features if given)."""
+    from recaption.encoder.stage import EncodeStage, encode_configs
+
+    if what not in ("both", "text", "image"):
+        raise ConfigError("--what", what, ("both", "text", "image"))
+    text, image = encode_configs(
+        e.preset,
+        t5_model=e.t5_model,
+        vae_model=e.vae_model,
+        resolutions=tuple(e.resolutions) if e.resolutions else None,
+        device=e.device,
+        t5_hidden_size=e.t5_hidden_size,
+        store_dtype=e.store_dtype,
+    )
+    return EncodeStage(
+        captions=captions,
+        text=None if what == "image" else text,
+        image=None if what == "text" else image,
+        fields=tuple(e.fields),
+        preset=e.preset,
+        text_from=text_from,
+        expected_shards=expected_shards,
+        batch_rows=e.batch_rows,
+        max_file_rows=e.max_file_rows,
+        max_file_bytes=int(e.max_file_size) if e.max_file_size is not None else None,
+    )
