@@ -9,6 +9,8 @@ whichever way it is given.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from recaption.errors import ConfigError
@@ -39,6 +41,18 @@ def section_from_flags(model: type[M], values: dict[str, Any], flags: dict[str, 
         name = str(err.get("loc", ("?",))[0])
         flag = flags.get(name, "--" + name.replace("_", "-"))
         raise ConfigError(flag, err.get("input"), err.get("msg", "a valid value")) from None
+
+
+@contextmanager
+def in_section(section: str) -> Iterator[None]:
+    """Name a model or stage check's failure by its pipeline key (``caption.dtype``, not ``dtype``)."""
+    try:
+        yield
+    except ConfigError as e:
+        option = e.option
+        if not option.startswith(f"{section}."):
+            option = f"{section}.{option.lstrip('-').replace('-', '_')}"
+        raise ConfigError(option, *e._init_args[1:]) from None  # type: ignore[arg-type]
 
 
 def captioner_config(c: CaptionConfig) -> CaptionerConfig:

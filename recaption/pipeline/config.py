@@ -153,6 +153,8 @@ class PipelineConfig(_Strict):
 
 # Settings that change speed or placement, not results: a resumed run may change them.
 NON_SEMANTIC = {
+    # The folder itself: the same run may be resumed through another spelling of its path.
+    "output",
     # Stages may be run in several goes into one folder (captions today, features tomorrow).
     "caption.enabled",
     "nouns.enabled",
@@ -258,7 +260,29 @@ def semantic(cfg: PipelineConfig) -> dict[str, Any]:
             flat[prefix] = value
 
     walk("", cfg.model_dump())
+    # Paths compare by what they name: ``imgs``, ``imgs/`` and ``/abs/imgs`` are one folder.
+    for key in PATH_SETTINGS:
+        if isinstance(flat.get(key), str):
+            flat[key] = _same_path(flat[key])
     return {k: v for k, v in flat.items() if k not in NON_SEMANTIC and k.split(".")[0] not in NON_SEMANTIC}
+
+
+PATH_SETTINGS = ("source.path", "source.captions_dir", "nouns.stop_file")
+
+
+def _same_path(url: str) -> str:
+    from recaption import io
+
+    try:
+        return io.normalize(url).rstrip("/") or "/"
+    except Exception:  # an unknown scheme: compare as written
+        return url
+
+
+def section_of(key: str) -> str:
+    """The stage a setting belongs to: ``source.*`` decides the captions."""
+    head = key.split(".", maxsplit=1)[0]
+    return "caption" if head == "source" else head
 
 
 def describe_fields() -> str:

@@ -80,7 +80,8 @@ def plan(cfg: PipelineConfig) -> Plan:
             captions_dir=cfg.source.captions_dir,
             text_column=cfg.source.text_column,
         )
-        stage = build.caption_stage(c, src)
+        with build.in_section("caption"):
+            stage = build.caption_stage(c, src)
         expected = tuple(s.index for s in src.shards())
         p.stages["caption"] = PlannedStage(
             stage, p.captions, None, c.workers, _resources(stage, c.cpus_per_worker, c.gpus_per_worker)
@@ -101,7 +102,9 @@ def plan(cfg: PipelineConfig) -> Plan:
             raise ConfigError(
                 "nouns.labels", labels, f"{len(n.columns)} labels, one per column of nouns.columns"
             )
-        options = build.noun_options(n)
+        _check_caption_columns(p.captions, list(n.columns), captioning=cfg.caption.enabled)
+        with build.in_section("nouns"):
+            options = build.noun_options(n)
         stage_n = NounsStage(
             inputs=[
                 NounInput(
@@ -133,7 +136,8 @@ def plan(cfg: PipelineConfig) -> Plan:
                 si, p.features, "encode_text", e.workers, _resources(si, e.cpus_per_worker, e.gpus_per_worker)
             )
         else:
-            s = build.encode_stage(e, p.captions, expected_shards=expected)
+            with build.in_section("encode"):
+                s = build.encode_stage(e, p.captions, expected_shards=expected)
             p.stages["encode"] = PlannedStage(
                 s, p.features, after, e.workers, _resources(s, e.cpus_per_worker, e.gpus_per_worker)
             )
@@ -142,9 +146,42 @@ def plan(cfg: PipelineConfig) -> Plan:
     return p
 
 
-def check_or_record_config(cfg: PipelineConfig) -> None:
-    """Write OUTPUT/pipeline.yaml; on a rerun, refuse settings that would change the results."""
+def _check_caption_columns(captions: str, columns: list[str], *, captioning: bool) -> None:
+    """``nouns.columns`` must name columns the caption shards have: checked before any captioning,
+    not found out by every noun shard after it."""
+    if captioning:
+        from recaption.captioner.stage import caption_schema
+
+        available = list(caption_schema().names)
+    else:
+        from recaption.shards.layout import StageDir
+
+        files = StageDir(captions).data_files()
+        if not files:
+            return  # the nouns stage reports an empty or missing folder itself
+        import pyarrow.parquet as pq
+
+        with io.open_file(files[0], "rb") as f:
+            available = list(pq.ParquetFile(f).schema_arrow.names)
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise ConfigError(
+            "nouns.columns", missing, sorted(c for c in available if "caption" in c) or available
+        )
+
+
+def check_or_record_config(cfg: PipelineConfig, p: Plan | None = None) -> None:
+    """Write OUTPUT/pipeline.yaml; on a rerun, refuse settings that would change finished results.
+
+    A changed setting is refused only where its stage already has finished shards (a source or
+    caption setting: the captions; ``nouns.*``: the noun shards; ``encode.*``: the features), so a
+    first try that failed before finishing a stage can be corrected and run again. Call it after
+    :func:`plan` has accepted the settings, so a rejected setting is never recorded.
+    """
     import yaml
+
+    from recaption.pipeline.config import section_of
+    from recaption.shards.layout import StageDir
 
     url = io.join(cfg.output, "pipeline.yaml")
     new = cfg.model_dump(mode="json")
@@ -155,8 +192,19 @@ def check_or_record_config(cfg: PipelineConfig) -> None:
         old_raw.pop("recaption_version", None)
         old = load_config(old_raw)
         a, b = semantic(old), semantic(cfg)
+        folders = {
+            "caption": [io.join(cfg.output, "captions")],
+            "nouns": [io.join(cfg.output, "nouns")],
+            "encode": [io.join(cfg.output, "features"), io.join(cfg.output, "features_text")],
+        }
+        started = {
+            name: any(StageDir(u).done_indices() for u in urls if io.exists(u))
+            for name, urls in folders.items()
+        }
         changed = [
-            f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            f"{k}: {a.get(k)!r} → {b.get(k)!r}"
+            for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and started.get(section_of(k), True)
         ]
         if changed:
             raise OutputConflictError(
@@ -196,8 +244,8 @@ class PipelineResult:
 
 def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> PipelineResult:
     """Run (or resume) a pipeline; returns per-stage summaries and writes OUTPUT/summary.json."""
-    check_or_record_config(cfg)
-    p = plan(cfg)
+    p = plan(cfg)  # every setting checked (and the source opened) before anything is written
+    check_or_record_config(cfg, p)
     t0 = time.time()
     names = list(p.stages)
     summaries: dict[str, RunSummary] = {}

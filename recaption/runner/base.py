@@ -60,7 +60,19 @@ def prepare_output(stage: Stage, output: str, shards: list[InputShard]) -> Stage
             {k: old.get(k) for k in ("stage", "fingerprint", "shards", "plan_digest")},
             record,
         )
-        if changes:
+        if changes and old.get("stage") == stage.name and not sd.done_indices():
+            # Nothing finished yet (a first try that failed on every shard): nothing would mix,
+            # so the corrected configuration simply replaces the recorded one.
+            log.info(
+                "%s: no finished shards; recording the new configuration (%s)", output, "; ".join(changes)
+            )
+            for url in sd.data_files():
+                io.remove(url)
+            io.write_text_atomic(
+                sd.stage_file,
+                json.dumps({**record, "recaption_version": __version__}, indent=1, sort_keys=True),
+            )
+        elif changes:
             raise OutputConflictError(
                 f"{output} was written by a different {old.get('stage')} run; refusing to mix outputs. "
                 "Changed: "

@@ -206,3 +206,56 @@ def test_file_size_target_reaches_the_encode_stages(
     cfg["encode"]["max_file_size"] = "a lot"
     with pytest.raises(ConfigError, match=r"encode\.max_file_size"):
         load_config(cfg)
+
+
+def test_a_rejected_setting_is_never_recorded(wds_source: Path, tiny_models: dict[str, str], tmp_path: Path):
+    """Settings are checked (source opened, models' options, nouns columns) before pipeline.yaml
+    is written, so the corrected rerun is not refused for differing from the rejected one."""
+    out = tmp_path / "o"
+    for section, key, value, named in (
+        ("source", "path", str(tmp_path / "nowhere"), "nowhere"),
+        ("caption", "dtype", "bf16", "caption.dtype"),
+        ("nouns", "columns", ["dense_captions"], "nouns.columns"),
+        ("nouns", "pos", "VERB", "nouns.pos"),
+    ):
+        cfg = tiny_config(wds_source, out, tiny_models)
+        cfg[section][key] = value
+        with pytest.raises((ConfigError, FileNotFoundError)) as e:
+            run_pipeline(load_config(cfg), progress=False)
+        assert named in str(e.value)
+        assert not (out / "pipeline.yaml").exists()
+    # nouns.columns names the caption columns it could have used
+    cfg = tiny_config(wds_source, out, tiny_models)
+    cfg["nouns"]["columns"] = ["dense_captions"]
+    with pytest.raises(ConfigError, match="dense_caption"):
+        run_pipeline(load_config(cfg), progress=False)
+
+
+def test_settings_of_a_stage_with_nothing_finished_may_change(
+    wds_source: Path, tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from recaption.pipeline.run import check_or_record_config
+
+    out = tmp_path / "o"
+    cfg = tiny_config(wds_source, out, tiny_models)
+    check_or_record_config(load_config(cfg))
+    # the same run through other spellings of its paths
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    cfg["source"]["path"] = os.path.relpath(wds_source, tmp_path) + "/"
+    cfg["output"] = "o/"
+    check_or_record_config(load_config(cfg))
+    # nouns has no finished shard: its settings may change
+    cfg["nouns"]["min_length"] = 3
+    check_or_record_config(load_config(cfg))
+    # once a nouns shard is finished they may not
+    (out / "nouns" / "_stats").mkdir(parents=True)
+    (out / "nouns" / "_stats" / "part-00000.json").write_text("{}")
+    cfg["nouns"]["min_length"] = 4
+    with pytest.raises(OutputConflictError, match=r"nouns.min_length: 3 → 4"):
+        check_or_record_config(load_config(cfg))
+    # a caption setting is still free while no caption shard is finished
+    cfg["nouns"]["min_length"] = 3
+    cfg["caption"]["max_new_tokens"] = 7
+    check_or_record_config(load_config(cfg))

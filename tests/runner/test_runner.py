@@ -82,6 +82,23 @@ def test_rerun_with_other_configuration_is_refused(sam_tars: Path, tmp_path: Pat
     assert "min_side: 8 → 32" in str(e.value)
 
 
+def test_a_run_that_finished_nothing_may_be_redone_with_other_settings(sam_tars: Path, tmp_path: Path):
+    """Every shard of the first try failed: no finished output can mix, so the corrected
+    configuration replaces the recorded one instead of being refused."""
+    out = tmp_path / "out"
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    for i in range(4):
+        (markers / f"raise-{i}").touch()
+    first = run_local(
+        FaultyIndexStage(source=open_source(str(sam_tars)), marker_dir=str(markers)), str(out), progress=False
+    )
+    assert not first.done and len(first.failed) == 4
+    second = run_local(IndexStage(source=open_source(str(sam_tars)), min_side=32), str(out), progress=False)
+    assert second.ok and len(second.done) == 4
+    assert json.loads((out / "_stage.json").read_text())["fingerprint"]["min_side"] == 32
+
+
 def test_stale_temporary_files_are_cleaned(sam_tars: Path, tmp_path: Path):
     out = tmp_path / "out"
     run_local(IndexStage(source=open_source(str(sam_tars))), str(out), progress=False)
