@@ -74,7 +74,7 @@ def encode_configs(
         preset=p["vae"],
         model=vae_model,
         device=device,
-        resolutions=tuple(resolutions or p["resolutions"]),
+        resolutions=tuple(resolutions if resolutions is not None else p["resolutions"]),
         store_dtype=store_dtype,
     )
     return text, image

@@ -69,6 +69,13 @@ def make_inputs(
             inputs.append((url, cols, True))
         else:
             inputs.append((url, ["caption"], False))
+    if columns and not any(is_stage for _, _, is_stage in inputs):
+        raise ConfigError(
+            "--column",
+            columns,
+            "only with caption-stage outputs (recaption caption's folders)",
+            hint="for tables use --text-column",
+        )
     if text_columns and len(text_columns) not in (1, len(urls)):
         raise ConfigError(
             "--text-column", text_columns, f"one column for all inputs, or {len(urls)} (one per input)"

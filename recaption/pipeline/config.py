@@ -67,7 +67,9 @@ class CaptionConfig(_Strict):
         False, description="torch.compile generation on GPU (+8-10% measured, ~30 s warm-up)."
     )
     trust_remote_code: bool = Field(False, description="Allow the model repository's own code.")
-    workers: int | None = Field(None, description="Caption workers (default: one per GPU, or per CPU slot).")
+    workers: PositiveInt | None = Field(
+        None, description="Caption workers (default: one per GPU, or per CPU slot)."
+    )
     gpus_per_worker: float = Field(1.0, description="GPUs per caption worker (fractions share a GPU).")
     cpus_per_worker: float = Field(1.0, description="CPUs per caption worker (Ray resources).")
 
@@ -91,7 +93,9 @@ class NounsConfig(_Strict):
     stop_file: str | None = Field(None, description="Extra stop words, one per line.")
     max_chars: int = Field(10_000, description="Longer captions are truncated there and flagged.")
     spacy_model: str = Field("en_core_web_sm", description="spaCy pipeline name or path.")
-    workers: int | None = Field(None, description="Noun workers (default: as many CPU slots as allowed).")
+    workers: PositiveInt | None = Field(
+        None, description="Noun workers (default: as many CPU slots as allowed)."
+    )
     cpus_per_worker: float = Field(1.0, description="CPUs per noun worker (Ray resources).")
 
 
@@ -107,6 +111,14 @@ class EncodeConfig(_Strict):
     )
     vae_model: str | None = Field(None, description="VAE hub id or folder (default: the preset's).")
     resolutions: list[int] | None = Field(None, description="Latent resolutions (default: 256, 512, 1024).")
+
+    @field_validator("resolutions")
+    @classmethod
+    def _resolutions(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and not v:
+            raise ValueError("at least one of 256, 512, 1024, 2048 (leave it out for the preset's)")
+        return v
+
     device: str = Field("auto", description="auto | cuda | cuda:N | cpu.")
     store_dtype: Literal["float16", "bfloat16"] = Field("float16", description="Dtype of stored tensors.")
     batch_rows: int = Field(64, description="Samples per encode call and per parquet row group.")
@@ -117,7 +129,9 @@ class EncodeConfig(_Strict):
         None, description="Split a shard's features into files of at most this size (e.g. 512MB, 2GiB)."
     )
     split_workers: bool = Field(False, description="T5 and VAE on different workers (two stages).")
-    workers: int | None = Field(None, description="Encode workers (default: one per GPU, or per CPU slot).")
+    workers: PositiveInt | None = Field(
+        None, description="Encode workers (default: one per GPU, or per CPU slot)."
+    )
     gpus_per_worker: float = Field(1.0, description="GPUs per encode worker (fractions share a GPU).")
     cpus_per_worker: float = Field(1.0, description="CPUs per encode worker (Ray resources).")
 

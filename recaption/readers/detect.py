@@ -144,7 +144,38 @@ def open_source(
         root = io.normalize(path)
         files = [root]
     size = shard_size or DEFAULT_SHARD_SIZE
+    source = _pick(
+        path, root, files, kind, size, captions_dir, text_column, image_column, key_column, shard_size
+    )
+    # An option the chosen layout has no use for would be dropped without a word: refuse it.
+    if captions_dir is not None and not isinstance(source, SamSource):
+        raise ConfigError(
+            "--captions-dir", captions_dir, "SA-1B sources only", hint=f"{path} is a {source.kind} source"
+        )
+    table_only = {"--text-column": text_column, "--image-column": image_column, "--key-column": key_column}
+    for option, value in table_only.items():
+        if value is not None and not isinstance(source, TableSource):
+            raise ConfigError(
+                option,
+                value,
+                "table sources only (parquet, JSON lines, CSV)",
+                hint=f"{path} is a {source.kind} source, whose captions come from its own files",
+            )
+    return source
 
+
+def _pick(
+    path: str,
+    root: str,
+    files: list[str],
+    kind: str,
+    size: int,
+    captions_dir: str | None,
+    text_column: str | None,
+    image_column: str | None,
+    key_column: str | None,
+    shard_size: int | None,
+) -> Source:
     tars = sorted((f for f in files if _is_tar(f)), key=natural_key)
     tables = sorted(f for f in files if table_format(f) and not f.endswith("_stats.json"))
     images = [f for f in files if _ext(f) in IMAGE_EXTENSIONS]

@@ -127,6 +127,7 @@ class RunSummary:
     done: list[dict[str, Any]] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     retries: dict[int, int] = field(default_factory=dict)  # shard -> times its worker died
+    workers: int = 0  # workers started (Ray actors, restarts included; 1 for a local run)
     seconds: float = 0.0
     started: float = field(default_factory=time.time)
 
@@ -163,6 +164,7 @@ class RunSummary:
             "done_shards": len(self.done),
             "failed_shards": {str(k): v for k, v in sorted(self.failed.items())},
             "retried_shards": {str(k): v for k, v in sorted(self.retries.items())},
+            "workers": self.workers,
             "rows": self.rows,
             "errors": self.errors,
             "warnings": self.warnings,

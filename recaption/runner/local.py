@@ -24,6 +24,7 @@ def run_local(stage: Stage, output: str, *, progress: bool | None = None) -> Run
     try:
         if pending:
             stage.setup()
+            summary.workers = 1
         for shard in pending:
             try:
                 stats = run_shard(stage, shard, output)

@@ -187,11 +187,10 @@ def run_graph_ray(
         return resolved[key]
 
     def wanted_workers(st: _State, ready: int) -> int:
-        cap = (
-            st.spec.num_workers
-            or options.num_workers
-            or _capacity(resources(st), cluster, st.spec.stage.name)
-        )
+        # 0 is a mistake to report, not "as many as fit" (only None means that)
+        cap = st.spec.num_workers if st.spec.num_workers is not None else options.num_workers
+        if cap is None:
+            cap = _capacity(resources(st), cluster, st.spec.stage.name)
         if cap < 1:
             raise ConfigError("--workers", cap, "a positive number of workers")
         return min(cap, ready + st.running)
@@ -204,6 +203,7 @@ def run_graph_ray(
             kw["memory"] = res.memory_bytes
         actor = remote_cls.options(max_restarts=0, **kw).remote(st.spec.stage)  # type: ignore[attr-defined]
         st.actors.append(actor)
+        st.summary.workers += 1
         if st.starting == 0:
             st.starting_since = time.time()
         st.starting += 1

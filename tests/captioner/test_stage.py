@@ -210,7 +210,8 @@ def test_two_ray_actors_give_the_local_result(local_ray, tiny_llava_dir: str, sa
     stage = CaptionStage(source=open_source(str(sam_tars)), model=cfg(tiny_llava_dir, device="auto"))
     summary = run_ray(stage, str(out), RayOptions(num_workers=2), progress=False)
     assert summary.ok
-    assert 1 <= len({s["worker"] for s in summary.done}) <= 2  # timing decides who works
+    assert summary.workers == 2  # two actors started; timing decides which shards each does
+    assert len({s["worker"] for s in summary.done}) <= 2
     assert _parts(out) == _parts(ref)
 
 

@@ -127,6 +127,11 @@ def test_unknown_key_and_wrong_type_fail_at_once(
     cfg["encode"]["resolutions"] = "big"
     with pytest.raises(ConfigError, match=r"encode\.resolutions"):
         load_config(cfg)
+    for key, value in (("resolutions", []), ("workers", 0)):
+        cfg = tiny_config(wds_source, tmp_path / "o", tiny_models)
+        cfg["encode"][key] = value  # not silently the default, nor "as many as fit"
+        with pytest.raises(ConfigError, match=rf"encode\.{key}"):
+            load_config(cfg)
 
 
 @pytest.mark.parametrize("name", ["sam-llava", "laion-llava", "pixart-alpha", "pixart-sigma", "tiny-offline"])

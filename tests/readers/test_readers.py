@@ -212,6 +212,22 @@ def test_plain_folder_with_sidecars(tmp_path: Path):
     assert len(failures) == 1 and "duplicate key 'c'" in failures[0].reason
 
 
+def test_an_option_the_layout_cannot_use_is_refused(tmp_path: Path):
+    """--captions-dir on a plain folder or --text-column on tars would be dropped without a word."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "a.jpg").write_bytes(image_bytes(seed=1))
+    caps = tmp_path / "caps"
+    caps.mkdir()
+    with pytest.raises(ConfigError, match=r"--captions-dir.*SA-1B sources only.*folder source"):
+        open_source(str(d), captions_dir=str(caps))
+    with pytest.raises(ConfigError, match=r"--text-column.*table sources only"):
+        open_source(str(d), text_column="TEXT")
+    write_tar(tmp_path / "wds" / "00000.tar", wds_sample("000000000", "a cat", seed=0))
+    with pytest.raises(ConfigError, match=r"--text-column.*webdataset source"):
+        open_source(str(tmp_path / "wds"), text_column="TEXT")
+
+
 def test_img2dataset_files_output_shards_by_folder(tmp_path: Path):
     d = tmp_path / "files"
     for shard in range(2):
