@@ -17,6 +17,7 @@ from recaption.images.decode import (
     DEFAULT_MIN_SIDE,
     DecodeError,
     decode_image,
+    extreme_aspect_reason,
     is_extreme_aspect,
 )
 from recaption.readers.base import Failure, InputShard, Sample, Source
@@ -44,7 +45,8 @@ class IndexStage(Stage):
             [
                 *sample_fields(),
                 pa.field("aspect_ratio", pa.float32()),  # height / width, PixArt's convention
-                pa.field("extreme_aspect", pa.bool_()),  # beyond 1:4..4:1: PixArt drops these
+                # beyond 1:4..4:1: PixArt drops the tall ones, crops the wide ones hard
+                pa.field("extreme_aspect", pa.bool_()),
                 pa.field("format", pa.string()),
                 pa.field("mode", pa.string()),
             ]
@@ -89,8 +91,7 @@ class IndexStage(Stage):
                 if extreme:
                     out.warn_sample(
                         s,
-                        f"aspect ratio {d.height / d.width:.2f} (height/width) is beyond PixArt's 1:4..4:1; "
-                        "kept and flagged (PixArt drops such images)",
+                        f"{extreme_aspect_reason(d.width, d.height)} (kept here, flagged)",
                     )
                     out.count("extreme_aspect")
                 row.update(

@@ -16,17 +16,17 @@ from typing import Any
 from recaption.images.decode import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
-    PIXART_MAX_ASPECT,
     DecodeError,
     decode_image,
+    extreme_aspect_reason,
     is_extreme_aspect,
 )
 from recaption.readers.base import SEVERITY_WARNING, Failure, Sample, Source
 from recaption.shards.manifest import reason_category
 
-# Height/width bins: PixArt's bucket range is 0.25 .. 4.0; beyond it images are dropped.
+# Height/width bins: PixArt's bucket range is 0.25 .. 4.0; it drops taller images and crops wider ones.
 ASPECT_BINS: tuple[tuple[str, float, float], ...] = (
-    ("< 1:4 (dropped by PixArt)", 0.0, 0.25),
+    ("< 1:4 (cropped hard by PixArt)", 0.0, 0.25),
     ("1:4 – 1:2", 0.25, 0.5),
     ("1:2 – 4:5 (landscape)", 0.5, 0.8),
     ("4:5 – 5:4 (near square)", 0.8, 1.25),
@@ -155,9 +155,7 @@ def inspect_source(source: Source, options: InspectOptions | None = None) -> dic
                         Failure.for_sample(
                             s,
                             "inspect",
-                            f"aspect ratio {h / w:.2f} (height/width, {w}x{h}) is beyond PixArt's "
-                            f"1:{PIXART_MAX_ASPECT:g}..{PIXART_MAX_ASPECT:g}:1; PixArt drops such images "
-                            "(kept here, flagged)",
+                            f"{extreme_aspect_reason(w, h)} (kept here, flagged)",
                             SEVERITY_WARNING,
                         )
                     )

@@ -28,7 +28,9 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024  # 67 MP: well above SA-1B (~3.4 MP) and real LAION photos
 DEFAULT_MIN_SIDE = 8
-PIXART_MAX_ASPECT = 4.0  # PixArt drops images whose height/width ratio is over 4 (or under 1/4)
+# PixArt's buckets span height/width 0.25..4. Its loaders drop images over 4 (tall); wider ones
+# than 1/4 they keep, in the 0.25 bucket, centre-cropping most of the width away.
+PIXART_MAX_ASPECT = 4.0
 
 # EXIF orientations 5-8 swap width and height.
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
@@ -236,6 +238,20 @@ def aspect_ratio(width: int, height: int) -> float:
 
 
 def is_extreme_aspect(width: int, height: int, max_ratio: float = PIXART_MAX_ASPECT) -> bool:
-    """True when PixArt would drop the image (ratio beyond ``max_ratio`` either way)."""
+    """True beyond PixArt's bucket range either way (see :func:`extreme_aspect_reason`)."""
     r = height / width
     return r > max_ratio or r < 1.0 / max_ratio
+
+
+def extreme_aspect_reason(width: int, height: int, max_ratio: float = PIXART_MAX_ASPECT) -> str | None:
+    """What PixArt does with an image beyond its bucket range, in words; ``None`` inside it."""
+    r = height / width
+    if r > max_ratio:
+        return f"height/width {r:.2f} ({width}x{height}) is over PixArt's {max_ratio:g}: PixArt drops it"
+    if r < 1.0 / max_ratio:
+        kept = r * max_ratio  # cover-resize to the 1/max_ratio bucket, then centre-crop the width
+        return (
+            f"height/width {r:.2f} ({width}x{height}) is under 1/{max_ratio:g}: PixArt keeps it in its "
+            f"widest bucket, cropping {100 * (1 - kept):.0f}% of the width away"
+        )
+    return None

@@ -87,11 +87,15 @@ def test_inspect_plain_folder_with_bad_files(tmp_path: Path):
         (d / f"img{i}.jpg").write_bytes(image_bytes(80, 60, seed=i))
     (d / "empty.jpg").write_bytes(b"")
     (d / "tall.png").write_bytes(image_bytes(40, 200, fmt="PNG"))
+    (d / "wide.png").write_bytes(image_bytes(500, 50, fmt="PNG"))
     r = _inspect(d)
-    assert (r["kind"], r["samples_read"], r["samples_ok"], r["errors"]) == ("folder", 6, 5, 1)
-    assert r["images"]["extreme_aspect"] == 1
+    assert (r["kind"], r["samples_read"], r["samples_ok"], r["errors"]) == ("folder", 7, 6, 1)
+    assert r["images"]["extreme_aspect"] == 2
     assert any("empty file" in f["reason"] for f in r["failures"])
-    assert any("beyond PixArt" in f["reason"] for f in r["failures"])
+    reasons = {f["key"]: f["reason"] for f in r["failures"]}
+    # PixArt drops the tall one and keeps the wide one in its 0.25 bucket, cropped
+    assert "height/width 5.00 (40x200)" in reasons["tall"] and "PixArt drops it" in reasons["tall"]
+    assert "keeps it in its widest bucket, cropping 60% of the width away" in reasons["wide"]
 
 
 def test_inspect_pixel_cap(tmp_path: Path):
