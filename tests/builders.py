@@ -62,7 +62,8 @@ def add_tar_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tf:
+    mode = {".gz": "w:gz", ".tgz": "w:gz", ".bz2": "w:bz2", ".xz": "w:xz"}.get(path.suffix, "w")
+    with tarfile.open(path, mode) as tf:  # type: ignore[call-overload]
         for name, data in members:
             add_tar_member(tf, name, data)
     return path

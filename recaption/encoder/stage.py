@@ -251,26 +251,29 @@ class EncodeStage(Stage):
             d = decode_image(opener.read(ref), max_pixels=self.max_pixels)
             return d.image, (d.width, d.height)
 
-        for batch in prefetch_batches(todo, load, self.batch_rows, workers=self.decode_threads, depth=2):
-            ok: list[tuple[dict[str, Any], Any]] = []
-            for r, value, err in zip(batch.items, batch.values, batch.errors, strict=True):
-                if err is not None:
-                    out.fail(self._failure(r, f"cannot open the image: {err}"))
+        try:
+            for batch in prefetch_batches(todo, load, self.batch_rows, workers=self.decode_threads, depth=2):
+                ok: list[tuple[dict[str, Any], Any]] = []
+                for r, value, err in zip(batch.items, batch.values, batch.errors, strict=True):
+                    if err is not None:
+                        out.fail(self._failure(r, f"cannot open the image: {err}"))
+                        continue
+                    ok.append((r, value))
+                if self.image is not None:
+                    keep = []
+                    for r, (img, (w, h)) in ok:
+                        why = self._image_enc.check(w, h) if self._image_enc is not None else None
+                        if why:
+                            out.fail(self._failure(r, f"skipped: {why}"))
+                            out.count("dropped_aspect")
+                        else:
+                            keep.append((r, (img, (w, h))))
+                    ok = keep
+                if not ok:
                     continue
-                ok.append((r, value))
-            if self.image is not None:
-                keep = []
-                for r, (img, (w, h)) in ok:
-                    why = self._image_enc.check(w, h) if self._image_enc is not None else None
-                    if why:
-                        out.fail(self._failure(r, f"skipped: {why}"))
-                        out.count("dropped_aspect")
-                    else:
-                        keep.append((r, (img, (w, h))))
-                ok = keep
-            if not ok:
-                continue
-            out.write(self._encode(ok, out, text_rows))
+                out.write(self._encode(ok, out, text_rows))
+        finally:
+            opener.close()  # temporary files of decompressed .tar.gz shards
         return {"encoder": self._stats()}
 
     def _text_rows(self, shard: InputShard) -> dict[str, dict[str, Any]]:

@@ -39,7 +39,7 @@ LAYOUTS = (
     "image files (" + ", ".join(IMAGE_EXTENSIONS) + ") with optional .txt/.json sidecars",
     "a folder of .txt captions",
 )
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
 def _is_tar(url: str) -> bool:

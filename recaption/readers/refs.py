@@ -2,13 +2,21 @@
 
 A later stage (encode) reopens each image where the reader found it. Tar members with a known
 byte range are one ranged read; parquet rows are read per file and cached, since a caption shard
-usually points into one source shard.
+usually points into one source shard. A compressed tar (``.tar.gz``...) has no byte ranges and
+no random access: it is decompressed once into a local temporary tar, indexed, and read from
+there, rather than decompressed from its start again for every image.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import posixpath
+import shutil
 import tarfile
+import tempfile
+import threading
+import weakref
 from collections import OrderedDict
 from typing import Any
 
@@ -35,16 +43,48 @@ def parse_row_member(member: str) -> tuple[int, str]:
         ) from None
 
 
-def _read_tar_member(uri: str, member: str) -> bytes:
-    with io.open_file(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
-        for info in tf:
-            name = info.name[2:] if info.name.startswith("./") else info.name
-            if name == member:
-                fobj = tf.extractfile(info)
-                if fobj is None:
-                    raise RefError(f"tar member {member!r} in {uri} is not a regular file")
-                return fobj.read()
-    raise RefError(f"tar member {member!r} not found in {uri}")
+class _LocalTar:
+    """A compressed tar's members, decompressed once into a temporary file, with their byte ranges."""
+
+    def __init__(self, uri: str) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="recaption-", suffix=".members")
+        self._cleanup = weakref.finalize(self, _remove_quietly, self.path)
+        self.members: dict[str, tuple[int, int]] = {}
+        try:
+            # tarfile's stream mode reads any compression it knows (gz, bz2, xz), whatever the name
+            with (
+                io.open_file(uri, "rb") as f,
+                tarfile.open(fileobj=f, mode="r|*") as tf,
+                os.fdopen(fd, "wb") as dst,
+            ):
+                for info in tf:
+                    fobj = tf.extractfile(info) if info.isfile() else None
+                    if fobj is None:
+                        continue
+                    name = info.name[2:] if info.name.startswith("./") else info.name
+                    if name in self.members:
+                        continue  # the reader kept the first of a repeated name
+                    self.members[name] = (dst.tell(), int(info.size))
+                    shutil.copyfileobj(fobj, dst, 1 << 22)
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, uri: str, member: str) -> bytes:
+        if member not in self.members:
+            raise RefError(f"tar member {member!r} not found in {uri}")
+        offset, size = self.members[member]
+        with open(self.path, "rb") as f:  # a local temporary file of ours, not a user path
+            f.seek(offset)
+            return f.read(size)
+
+    def close(self) -> None:
+        self._cleanup()
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
 
 
 class ImageOpener:
@@ -53,6 +93,26 @@ class ImageOpener:
     def __init__(self, cache_files: int = 2) -> None:
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._cache_files = cache_files
+        self._tars: OrderedDict[str, _LocalTar] = OrderedDict()
+        self._tars_lock = threading.Lock()  # decode threads share an opener: decompress a tar once
+
+    def _tar_member(self, uri: str, member: str) -> bytes:
+        with self._tars_lock:
+            tar = self._tars.get(uri)
+            if tar is None:
+                tar = self._tars[uri] = _LocalTar(uri)
+                while len(self._tars) > self._cache_files:
+                    # not closed here: a thread may still be reading it; its file goes with the object
+                    self._tars.popitem(last=False)
+            self._tars.move_to_end(uri)
+        return tar.read(uri, member)
+
+    def close(self) -> None:
+        """Remove the temporary files of decompressed tars (also done when the opener is collected)."""
+        for tar in self._tars.values():
+            tar.close()
+        self._tars.clear()
+        self._cache.clear()
 
     def _parquet_column(self, uri: str, column: str) -> Any:
         import pyarrow.parquet as pq
@@ -91,7 +151,7 @@ class ImageOpener:
                     )
                 return data
             if ref.member:
-                return _read_tar_member(ref.uri, ref.member)
+                return self._tar_member(ref.uri, ref.member)
             return io.read_bytes(ref.uri)
         except RefError:
             raise

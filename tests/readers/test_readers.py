@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from recaption.errors import ConfigError, MissingColumnsError, SourceError
-from recaption.readers import Failure, ImageOpener, ImageRef, Sample, open_source
+from recaption.readers import Failure, ImageOpener, ImageRef, RefError, Sample, open_source
 from recaption.readers.folder import FolderSource
 from recaption.readers.sam import SamSource
 from recaption.readers.table import TableSource
@@ -306,3 +306,36 @@ def test_ref_that_no_longer_opens(tmp_path: Path):
     p.write_bytes(p.read_bytes()[:600])
     with pytest.raises(RefError):
         ImageOpener().read(ref)
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tgz", ".tar.xz"])
+def test_compressed_tar_is_decompressed_once_for_all_its_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+):
+    """Members of a compressed tar have no byte range: reopening 30 of them must not decompress
+    the shard 30 times (quadratic in the shard size), and the temporary copy goes at close."""
+    from recaption.readers import refs
+
+    members = []
+    for i in range(30):
+        members += wds_sample(f"{i:05d}", f"caption {i}", seed=i)
+    write_tar(tmp_path / "wds" / f"00000{suffix}", members)
+    samples = [s for s in open_source(str(tmp_path / "wds")).iter_samples() if isinstance(s, Sample)]
+    assert len(samples) == 30 and all(s.ref is not None and s.ref.offset == -1 for s in samples)
+    made = []
+    real = refs._LocalTar
+
+    def counting(uri: str) -> refs._LocalTar:
+        made.append(uri)
+        return real(uri)
+
+    monkeypatch.setattr(refs, "_LocalTar", counting)
+    opener = ImageOpener()
+    assert [opener.read(s.ref) for s in reversed(samples)] == [s.data for s in reversed(samples)]  # type: ignore[arg-type]
+    assert len(made) == 1
+    temp = next(iter(opener._tars.values())).path
+    assert Path(temp).exists()
+    with pytest.raises(RefError, match="not found"):
+        opener.read(ImageRef(uri=samples[0].ref.uri, member="nope.jpg"))  # type: ignore[union-attr]
+    opener.close()
+    assert not Path(temp).exists()
