@@ -26,6 +26,7 @@ from recaption.shards.layout import StageDir
 from recaption.shards.writer import ShardOutput
 from recaption.stage import Resources, Stage
 
+_ERROR = "\0error"  # the caption stage's error column, kept beside the compared columns
 DEFAULT_LABELS = {"raw_caption": "raw", "dense_caption": "dense"}
 
 
@@ -218,9 +219,17 @@ class NounsStage(Stage):
             stats = NounStats.for_options(self._counter.fingerprint())
             prefix = label_column(label)
             values = texts[column]
-            present = [i for i, t in enumerate(values) if t is not None]
-            out.count(f"missing_{label}", len(values) - len(present))
-            for i, res in zip(present, self._counter.iter_count(values[i] for i in present), strict=True):
+            if inp.is_stage_output:
+                # Every column over the same images. An image whose captioning failed is not in the
+                # recaptioned set: it is left out of every column (its row stays, without counts; its
+                # manifest row is the caption stage's). A missing caption (no alt-text) is an empty
+                # one, with no nouns, rather than an image left out of that column alone.
+                present = [i for i, e in enumerate(texts[_ERROR]) if not e]
+            else:
+                present = [i for i, t in enumerate(values) if t is not None]
+            out.count(f"missing_{label}", sum(1 for t in values if t is None))
+            counted = (values[i] if values[i] is not None else "" for i in present)
+            for i, res in zip(present, self._counter.iter_count(counted), strict=True):
                 stats.add(res)
                 rows[i][f"{prefix}caption"] = values[i] if isinstance(values[i], str) else None
                 rows[i].update(res.to_row(prefix))
@@ -247,9 +256,13 @@ class NounsStage(Stage):
     ) -> tuple[list[str], dict[str, list[Any]]]:
         if inp.is_stage_output:
             cols = [c for c, _ in inp.columns]
-            table = read_shard_table(InputShard(index=local, uri=shard.uri), ["key", *cols])
+            table = read_shard_table(
+                InputShard(index=local, uri=shard.uri), ["key", *cols], optional=["error"]
+            )
             data = table.to_pydict()
-            return [str(k) for k in data["key"]], {c: data[c] for c in cols}
+            errors = data.get("error") or [None] * table.num_rows
+            out.count("captioning_failed", sum(1 for e in errors if e))
+            return [str(k) for k in data["key"]], {**{c: data[c] for c in cols}, _ERROR: errors}
         src = self._source(j)
         local_shard = InputShard(
             index=local, uri=shard.uri, files=shard.files, start=shard.start, stop=shard.stop, kind=src.kind

@@ -109,6 +109,10 @@ def test_caption_run_columns_compared_side_by_side(tmp_path: Path):
                 for j in range(3)
             ]
             + [{"key": f"k{i}9", "raw_caption": None, "dense_caption": None, "error": "truncated image"}]
+            # captioning failed, but the raw caption exists: still not in either row
+            + [{"key": f"k{i}8", "raw_caption": "blue boat", "dense_caption": None, "error": "out of memory"}]
+            # no alt-text: an empty raw caption (no nouns), the image still in both rows
+            + [{"key": f"k{i}7", "raw_caption": None, "dense_caption": "A dog sits on a mat."}]
         )
         out.commit()
     inputs = make_inputs([str(caps)], None, None)
@@ -117,8 +121,13 @@ def test_caption_run_columns_compared_side_by_side(tmp_path: Path):
     run_local(NounsStage(inputs=inputs), str(out_dir), progress=False)
     urls, _ = merge_reports(str(out_dir))
     stats = merge_counts(str(out_dir))
-    assert stats["raw"].captions == 6  # the failed sample has no caption: not counted
-    assert stats["dense"].total_nouns == 12
+    # both rows over the same 8 images: the 4 whose captioning failed are in neither
+    assert stats["raw"].captions == stats["dense"].captions == 8
+    assert stats["raw"].empty == 2  # the images without alt-text
+    assert dict(stats["raw"].noun_counts) == {"car": 6}  # "red car", never "blue boat"
+    assert stats["dense"].total_nouns == 6 * 2 + 2 * 2  # car, building; dog, mat
+    rows = pd.read_parquet(out_dir)
+    assert len(rows) == 12  # a row per caption-shard row, counted or not
     md = Path(urls["markdown"]).read_text()
     assert "raw" in md
     assert "dense" in md
