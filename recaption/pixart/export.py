@@ -45,7 +45,6 @@ import numpy as np
 
 from recaption import io
 from recaption.encoder import schema as S
-from recaption.encoder.buckets import PIXART_ALPHA_MAX_RATIO
 from recaption.errors import ConfigError
 from recaption.pixart.features import FeatureSet, open_parquet
 
@@ -131,7 +130,7 @@ def export_pixart(
     layouts: Sequence[str] = ("internal",),
     pad_to_max_length: bool = True,
     compress: bool = False,
-    max_ratio: float = PIXART_ALPHA_MAX_RATIO,
+    max_ratio: float | None = None,
     overwrite: bool = False,
     workers: int = 8,
 ) -> ExportSummary:
@@ -142,6 +141,8 @@ def export_pixart(
     the ``sigma`` layout). ``resolutions``: which latents (default: all every file has).
     ``pad_to_max_length``: store features at the training length (needed by α's InternalDataMS).
     ``compress``: ``np.savez_compressed`` as PixArt's extractor (slower; same arrays).
+    ``max_ratio``: entries with a larger height/width are left out, as PixArt's loaders drop them
+    (default: the rule the features were encoded with, 4 for α and 4.5 for Σ).
     Files mixing presets are refused (:class:`~recaption.encoder.schema.MixedFeaturesError`).
     """
     for layout in layouts:
@@ -165,6 +166,8 @@ def export_pixart(
     if not overwrite and any(io.exists(u) for u in info_urls):
         raise ConfigError("dest", dest_url, "a folder without a data_info.json, or overwrite=True")
 
+    if max_ratio is None:
+        max_ratio = meta.image.max_ratio
     max_length = meta.text.max_length
     hidden = meta.text.hidden_size
     c2 = 2 * meta.image.latent_channels
@@ -193,8 +196,8 @@ def export_pixart(
     columns = ["key", "width", "height", *text_cols, *alt_cols, *vae_cols]
 
     def write(url: str, data: bytes) -> None:
-        with io.open_file(url, "wb") as f:
-            f.write(data)
+        # under a temporary name: a killed export leaves no truncated array for training to trip on
+        io.write_bytes_atomic(url, data)
 
     def t5_npz(blob: bytes, n: int) -> bytes:
         feats = S.unpack_tensor(blob, (n, hidden), meta.text.dtype).astype(np.float32)  # type: ignore[union-attr]

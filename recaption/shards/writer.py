@@ -76,6 +76,9 @@ class ShardOutput:
         self._file: Any = None
         self._writer: Any = None
         self._started = time.time()
+        # Opened at once, not at the first rows: `recaption status` sees the shard in progress
+        # while its first batch is still on the GPU.
+        self._open()
 
     # -- rows --------------------------------------------------------------------------------
     def _open(self) -> None:

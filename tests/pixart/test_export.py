@@ -252,16 +252,21 @@ def test_keys_with_slashes_are_flattened_and_collisions_refused(tmp_path, encode
         export_pixart(clash.url, str(tmp_path / "out2"), resolutions=[256])
 
 
-def test_rows_over_ratio_four_are_skipped(tmp_path, tiny_vae_dir) -> None:
+def test_rows_over_the_loaders_ratio_are_skipped(tmp_path, tiny_vae_dir) -> None:
     from recaption.encoder.vae import ImageEncoder, VaeConfig
 
-    # A Σ-style encoder keeps ratios up to 4.5; PixArt-α's loaders (and the exporter's default) drop > 4.
+    # A Σ-style encoder keeps ratios up to 4.5, as Σ's loader does: the exporter follows the rule
+    # the features were made with, and PixArt-α's (drop > 4) when asked.
     enc = ImageEncoder(VaeConfig(model=tiny_vae_dir, resolutions=(256,), max_ratio=4.5, preprocess_threads=0))
     feats = write_features(tmp_path / "tall", enc, shards=[[0, 1]], sizes=[(100, 440), (300, 300)])
-    summary = export_pixart(feats.url, str(tmp_path / "out"))
+    assert S.read_metadata(feats.files[0]).image.max_ratio == 4.5  # type: ignore[union-attr]
+    assert export_pixart(feats.url, str(tmp_path / "sigma")).rows == 2
+    summary = export_pixart(feats.url, str(tmp_path / "alpha"), max_ratio=4.0)
     assert summary.rows == 1
     assert summary.skipped[0][0] == "img000"
     assert "ratio 4.400 > 4" in summary.skipped[0][1]
+    # every file written under a temporary name and renamed: none is left behind
+    assert not [p for p in (tmp_path / "alpha").rglob("*") if ".tmp-" in p.name]
 
 
 def test_mixed_presets_are_refused(tmp_path, encoder, features) -> None:

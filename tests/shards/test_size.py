@@ -169,3 +169,13 @@ def test_bad_targets_name_the_option():
         ShardSizePolicy(max_rows=0)
     with pytest.raises(ConfigError, match="row_groups"):
         ShardSizePolicy(split="bytes")
+
+
+def test_a_started_shard_shows_in_progress_before_its_first_rows(tmp_path: Path):
+    from recaption.status import stage_status
+
+    (tmp_path / "_stage.json").write_text(json.dumps({"stage": "t", "shards": 5}))
+    out = ShardOutput(StageDir(str(tmp_path)), InputShard(index=3, uri="x"), SCHEMA, stage="t")
+    assert stage_status(str(tmp_path))["shards_in_progress"] == [3]
+    out.abort()
+    assert stage_status(str(tmp_path))["shards_in_progress"] == []
