@@ -413,8 +413,9 @@ class FeatureMetadata:
         return out
 
 
-# What must agree between files that are trained on together. Stored dtypes and the set of
-# resolutions may differ (the loader converts, and checks the resolution it needs separately).
+# What must agree between files that are trained on together. The set of resolutions may differ
+# (the loader checks the one it needs). Stored dtypes may not: float16 and bfloat16 are both two
+# bytes, and a file decoded with the other's dtype gives wrong numbers without any error.
 COMPATIBILITY_FIELDS = (
     "schema_version",
     "preset",
@@ -424,12 +425,14 @@ COMPATIBILITY_FIELDS = (
     "text.hidden_size",
     "text.max_length",
     "text.cleaning",
+    "text.dtype",
     "image",
     "image.model_id",
     "image.revision",
     "image.latent_channels",
     "image.scale_factor",
     "image.multiscale",
+    "image.dtype",
 )
 
 
@@ -467,8 +470,8 @@ def check_compatible(metas: Mapping[str, FeatureMetadata]) -> FeatureMetadata:
     if lines:
         shown = lines[:10] + ([f"... and {len(lines) - 10} more file(s)"] if len(lines) > 10 else [])
         raise MixedFeaturesError(
-            "the feature files mix presets or models and cannot be trained on together "
-            "(encode them again with one preset, or point at one preset's folder):\n  " + "\n  ".join(shown)
+            "the feature files mix presets, models or stored dtypes and cannot be trained on together "
+            "(encode them again with one setting, or point at one run's folder):\n  " + "\n  ".join(shown)
         )
     return first
 

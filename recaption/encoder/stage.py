@@ -12,6 +12,7 @@ columns, and a stage with ``text=None, text_from=<that folder>`` adds the latent
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,8 @@ FIELD_COLUMNS = {"dense": "dense_caption", "raw": "raw_caption"}
 PRESETS: dict[str, dict[str, Any]] = {
     # PixArt-α: T5-XXL at 120 tokens with caption cleaning; SD's VAE (sd-vae-ft-ema); 256/512/1024.
     "alpha": {"t5": "alpha", "vae": "sd-vae-ft-ema", "resolutions": (256, 512, 1024)},
-    # PixArt-Σ: the same T5 at 300 tokens, no cleaning; the SDXL VAE; up to 2048 (2K checkpoints).
+    # PixArt-Σ: the same T5 at 300 tokens, no cleaning; the SDXL VAE; 256-1024 by default (2048
+    # for its 2K checkpoints: resolutions=(..., 2048)).
     "sigma": {"t5": "sigma", "vae": "sdxl", "resolutions": (256, 512, 1024)},
 }
 _TEXT_SEMANTIC = ("preset", "model", "revision", "max_length", "clean", "store_dtype", "keep_fp32_wo")
@@ -213,7 +215,8 @@ class EncodeStage(Stage):
                 meta.text.fields,
                 hint=f"{self.text_from} has no T5 features for {missing}",
             )
-        return meta.text
+        # this run stores only the fields asked for: its metadata must say so
+        return dataclasses.replace(meta.text, fields=list(self.fields))
 
     def process_shard(self, shard: InputShard, out: ShardOutput) -> dict[str, Any]:
         from recaption.prefetch import prefetch_batches

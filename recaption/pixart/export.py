@@ -27,9 +27,10 @@ The file name rule: every loader derives ``NAME`` from ``item['path']``; α's ru
 ``'_'.join(path.rsplit('/', 1)).replace('.png', EXT)`` (only the *last* ``/`` and only ``.png``), Σ's
 also replaces ``.jpg``/``.webp``/``.jpeg``, and ``InternalDataSigma`` keeps only the base name. So our
 ``path`` is ``KEY.png`` with every ``/`` of the key made ``_``: flat, ending in ``.png``, and every one
-of those rules then gives the same ``NAME`` = ``KEY.npz``/``KEY.npy`` (:func:`loader_name`). The
+of those rules then gives the same ``NAME`` = ``KEY.npz``/``KEY.npy`` (:func:`loader_name`); an
+extension inside a key (``cat.jpg``) is written ``cat_jpg``, since Σ's rule would replace it too. The
 ``.png`` is nominal: images are not exported (training reads latents; ``load_vae_feat=True``). Keys
-that collide after the ``/`` → ``_`` change are refused.
+that collide after these changes are refused.
 """
 
 from __future__ import annotations
@@ -57,9 +58,20 @@ SIGMA_T5_FOLDER = "caption_features_new"
 SIGMA_ALT_T5_FOLDER = "sharegpt4v_caption_features_new"
 
 
+# Σ's loaders replace these anywhere in the path, not only at its end
+_LOADER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
 def image_path(key: str) -> str:
-    """The ``path`` we give an image in ``data_info.json``: flat, ``.png`` (see the module docstring)."""
-    return key.replace("/", "_") + ".png"
+    """The ``path`` we give an image in ``data_info.json``: flat, ``.png`` (see the module docstring).
+
+    An extension inside the key (``photos/cat.jpg``) becomes ``_jpg``: Σ's rule replaces ``.jpg``
+    wherever it occurs, so ``photos_cat.jpg.png`` would be looked for as ``photos_cat.npz.npz``.
+    """
+    flat = key.replace("/", "_")
+    for ext in _LOADER_EXTENSIONS:
+        flat = flat.replace(ext, "_" + ext[1:])
+    return flat + ".png"
 
 
 def loader_name(path: str, ext: str) -> str:

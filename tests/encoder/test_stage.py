@@ -252,3 +252,27 @@ def test_target_file_size_splits_shards_and_everything_reads_them(
         EncodeStage(captions=str(caption_dir), max_file_rows=0)
     r = CliRunner().invoke(app, [*args[:-3], "--max-file-size", "huge"])
     assert r.exit_code != 0 and "--max-file-size" in r.output
+
+
+def test_text_from_with_fewer_fields_records_only_those(
+    caption_dir: Path, tiny_t5_dir: str, tiny_vae_model_dir: str, tmp_path: Path
+):
+    """The text run encoded dense and raw; the image run keeps dense only: its files' metadata
+    must list dense alone, or every reader looks for t5_raw columns that are not there."""
+    text, image = encode_configs(
+        "alpha", t5_model=tiny_t5_dir, vae_model=tiny_vae_model_dir, resolutions=(256,),
+        device="cpu", t5_hidden_size=32,
+    )  # fmt: skip
+    t_out, i_out = tmp_path / "text", tmp_path / "image"
+    assert run_local(
+        EncodeStage(captions=str(caption_dir), text=text, image=None, fields=("dense", "raw")),
+        str(t_out),
+        progress=False,
+    ).ok
+    stage = EncodeStage(
+        captions=str(caption_dir), text=None, image=image, fields=("dense",), text_from=str(t_out)
+    )
+    assert run_local(stage, str(i_out), progress=False).ok
+    for f in sorted(i_out.glob("part-*.parquet")):
+        meta = S.validate_file(str(f), deep=True)
+        assert meta.text is not None and meta.text.fields == ["dense"]

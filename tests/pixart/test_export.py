@@ -235,16 +235,22 @@ def test_unpadded_export_and_single_scale_noflip(tmp_path, tiny_vae_dir) -> None
 
 
 def test_keys_with_slashes_are_flattened_and_collisions_refused(tmp_path, encoder) -> None:
-    keys = ["a/b/c", "d/e", "f"]
-    feats = write_features(tmp_path / "slash", encoder, shards=[[0, 1, 2]], keys=keys, sizes=SIZES[:3])
+    keys = ["a/b/c", "d/e", "f", "photos/cat.jpg"]
+    feats = write_features(tmp_path / "slash", encoder, shards=[[0, 1, 2, 3]], keys=keys, sizes=SIZES[:4])
     dest = str(tmp_path / "out")
-    export_pixart(feats.url, dest, resolutions=[256])
+    export_pixart(feats.url, dest, resolutions=[256], layouts=("internal", "sigma"))
     items = PixArtLoaders(dest).items("")
-    assert [it["path"] for it in items] == ["a_b_c.png", "d_e.png", "f.png"]
+    # an extension inside a key would be replaced by Σ's rule as well: it is written _jpg
+    assert [it["path"] for it in items] == ["a_b_c.png", "d_e.png", "f.png", "photos_cat_jpg.png"]
     assert image_path("a/b/c") == "a_b_c.png"
     for _, npz, npy in PixArtLoaders(dest).alpha_ms(256):
         assert os.path.isfile(npz)
         assert os.path.isfile(npy)
+    for _, npz, _alt, npy in PixArtLoaders(dest).sigma_ms(256):
+        assert os.path.isfile(npz), npz
+        assert os.path.isfile(npy), npy
+    for item in items:
+        assert alpha_name(item, ".npz") == sigma_ms_name(item, ".npz") == sigma_internal_name(item, ".npz")
     clash = write_features(
         tmp_path / "clash", encoder, shards=[[0, 1]], keys=["x/y", "x_y"], sizes=[(300, 300)] * 2
     )
@@ -267,6 +273,25 @@ def test_rows_over_the_loaders_ratio_are_skipped(tmp_path, tiny_vae_dir) -> None
     assert "ratio 4.400 > 4" in summary.skipped[0][1]
     # every file written under a temporary name and renamed: none is left behind
     assert not [p for p in (tmp_path / "alpha").rglob("*") if ".tmp-" in p.name]
+
+
+def test_mixed_store_dtypes_are_refused(tmp_path, encoder, features) -> None:
+    """float16 and bfloat16 are both two bytes: decoded with the other's dtype they give wrong
+    numbers and no error, so files stored in different dtypes are never read together."""
+    import dataclasses
+    import shutil
+
+    from recaption.pixart.dataset import FeatureDataset
+
+    meta = make_metadata(encoder)
+    meta = dataclasses.replace(meta, text=dataclasses.replace(meta.text, dtype="bfloat16"))
+    other = tmp_path / "mixed"
+    write_features(other, encoder, shards=[[0]], metadata=meta)
+    shutil.copy(features.files[1], other / "part-00001.parquet")
+    with pytest.raises(S.MixedFeaturesError, match=r"text.dtype: 'bfloat16' vs 'float16'"):
+        export_pixart(str(other), str(tmp_path / "out"))
+    with pytest.raises(S.MixedFeaturesError, match=r"text.dtype"):
+        FeatureDataset(str(other), resolution=256)
 
 
 def test_mixed_presets_are_refused(tmp_path, encoder, features) -> None:
