@@ -298,9 +298,12 @@ class AspectRatioBatchSampler:
     ``drop_last``), bucket by bucket. Buckets with fewer than ``valid_num`` items are skipped, as
     PixArt does. The shuffle comes from a seeded generator instead of the global one.
 
-    ``num_replicas``/``rank``: each replica takes every ``num_replicas``-th index of the shuffled
-    order (all replicas share the seed). ``locality``: 0 shuffles all indices; ``k > 0`` shuffles
-    row groups, then indices within windows of ``k`` row groups, so a worker's row-group cache hits.
+    ``num_replicas``/``rank``: every replica builds the same batches (they share the seed) and takes
+    every ``num_replicas``-th batch, so all replicas take the same number of steps (a rank with one
+    step more would wait forever for the others' gradients). The batches are made equal in number
+    as ``DistributedSampler`` does: with ``drop_last`` the last few are dropped, without it the first
+    few are repeated. ``locality``: 0 shuffles all indices; ``k > 0`` shuffles row groups, then
+    indices within windows of ``k`` row groups, so a worker's row-group cache hits.
     """
 
     def __init__(
@@ -356,9 +359,11 @@ class AspectRatioBatchSampler:
                 for start in range(0, len(perm), self.locality):
                     window = [i for j in perm[start : start + self.locality] for i in by_group[group_keys[j]]]
                     order += [window[j] for j in rng.permutation(len(window))]
-        return order[self.rank :: self.num_replicas]
+        return order
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _all_batches(self) -> list[list[int]]:
+        """Every replica's batches, in PixArt's order (see the class docstring)."""
+        out: list[list[int]] = []
         buckets: dict[str, list[int]] = {}
         for idx in self._order():
             key = self.keys[idx]
@@ -367,20 +372,28 @@ class AspectRatioBatchSampler:
             bucket = buckets.setdefault(key, [])
             bucket.append(idx)
             if len(bucket) == self.batch_size:
-                yield bucket[:]
+                out.append(bucket[:])
                 bucket.clear()
         for bucket in buckets.values():
             for start in range(0, len(bucket), self.batch_size):
                 chunk = bucket[start : start + self.batch_size]
                 if len(chunk) == self.batch_size or not self.drop_last:
-                    yield chunk
+                    out.append(chunk)
+        return out
+
+    def _batches(self) -> list[list[int]]:
+        batches = self._all_batches()
+        n = self.num_replicas
+        if n > 1 and batches:
+            if self.drop_last:
+                batches = batches[: len(batches) // n * n]
+            else:
+                per_rank = -(-len(batches) // n)
+                batches = (batches * (1 + per_rank * n // len(batches)))[: per_rank * n]
+        return batches[self.rank :: n]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._batches()
 
     def __len__(self) -> int:
-        counts: dict[str, int] = {}
-        for idx in self._order():
-            key = self.keys[idx]
-            if key in self.available:
-                counts[key] = counts.get(key, 0) + 1
-        if self.drop_last:
-            return sum(n // self.batch_size for n in counts.values())
-        return sum(-(-n // self.batch_size) for n in counts.values())
+        return len(self._batches())

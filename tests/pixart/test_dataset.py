@@ -126,14 +126,28 @@ def test_sampler_batches_hold_one_bucket_and_cover_everything(features) -> None:
     assert len(dropped) == sum(n // 2 for n in per_bucket.values())
 
 
-def test_sampler_replicas_partition_and_valid_num_filters(features) -> None:
+def test_sampler_replicas_take_equal_steps_and_valid_num_filters(features) -> None:
     ds = FeatureDataset(features.url, resolution=256)
-    parts = [
-        [i for b in AspectRatioBatchSampler(ds, batch_size=2, seed=1, num_replicas=3, rank=r) for i in b]
-        for r in range(3)
-    ]
-    assert sorted(i for p in parts for i in p) == list(range(len(ds)))
-    assert not set(parts[0]) & set(parts[1])
+    whole = list(AspectRatioBatchSampler(ds, batch_size=2, seed=1))
+    for n in (2, 3, 4):
+        for drop_last in (False, True):
+            samplers = [
+                AspectRatioBatchSampler(ds, batch_size=2, seed=1, num_replicas=n, rank=r, drop_last=drop_last)
+                for r in range(n)
+            ]
+            ranks = [list(s) for s in samplers]
+            # every rank the same number of steps, or multi-GPU training hangs on the longest
+            assert len({len(b) for b in ranks}) == 1, (n, drop_last, [len(b) for b in ranks])
+            assert [len(s) for s in samplers] == [len(b) for b in ranks]
+            dealt = [b for step in zip(*ranks, strict=True) for b in step]
+            if drop_last:  # whole batches, none twice, at most n - 1 of the full batches left out
+                full = [b for b in whole if len(b) == 2]
+                assert all(b in full for b in dealt) and len(full) - len(dealt) < n
+                assert len({tuple(b) for b in dealt}) == len(dealt)
+            else:  # everything, the first few batches again to even the count
+                assert dealt[: len(whole)] == whole
+                assert dealt[len(whole) :] == whole[: len(dealt) - len(whole)]
+                assert len(dealt) - len(whole) < n
     big = {k for k, n in Counter(ds.bucket_keys).items() if n >= 2}
     kept = [i for b in AspectRatioBatchSampler(ds, batch_size=2, valid_num=2) for i in b]
     assert {ds.bucket_keys[i] for i in kept} == big
