@@ -253,8 +253,34 @@ def crop_for_square(orig_h: int, orig_w: int, size: int) -> CropBox:
     return center_crop_box(rh, rw, size, size)
 
 
+# Above this many resized pixels per kept pixel, only the crop window is resized (see apply_crop).
+_WINDOW_RESIZE_ABOVE = 2.0
+
+
 def apply_crop(img: Any, box: CropBox, resample: Any) -> Any:
-    """Resize a PIL image to the box's resized size and cut the box out (zero fill outside)."""
+    """Resize a PIL image to the box's resized size and cut the box out (zero fill outside).
+
+    Images inside PixArt's ratio range are resized whole and then cropped, exactly as PixArt does
+    (the resized image is at most ~1.1x the crop there). A very wide image is kept by PixArt and
+    scaled up to cover its bucket's height first: a 40000x8 strip would become 512x2,560,000 at
+    1024 (3.7 GiB) only for most of it to be cropped away. For those, Pillow resizes just the
+    source window that maps onto the crop (same sample positions and filter; rounding may differ
+    by one level), so memory stays at the crop's size.
+    """
+    if (
+        img.size != (box.resized_w, box.resized_h)
+        and box.resized_w * box.resized_h > _WINDOW_RESIZE_ABOVE * box.width * box.height
+        and box.top >= 0
+        and box.left >= 0
+    ):
+        sx, sy = img.width / box.resized_w, img.height / box.resized_h
+        window = (
+            box.left * sx,
+            box.top * sy,
+            (box.left + box.width) * sx,
+            (box.top + box.height) * sy,
+        )
+        return img.resize((box.width, box.height), resample, box=window)
     if img.size != (box.resized_w, box.resized_h):
         img = img.resize((box.resized_w, box.resized_h), resample)
     if (box.top, box.left, box.height, box.width) == (0, 0, box.resized_h, box.resized_w):

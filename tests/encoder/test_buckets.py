@@ -156,6 +156,36 @@ def test_resize_and_crop_gives_the_bucket_size_and_pil_bicubic_pixels() -> None:
     assert out2.size == out.size
 
 
+def test_a_very_wide_strip_is_resized_only_where_it_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PixArt keeps images wider than 4:1 and scales them up to its widest bucket's height: a
+    40000x8 strip would become 512x2,560,000 pixels at 1024 before the crop. Only the window
+    that is kept is resized; the pixels match the resize-then-crop path within one level."""
+    rng = np.random.default_rng(1)
+    wide = Image.fromarray(rng.integers(0, 256, size=(20, 3000, 3), dtype=np.uint8))
+    bucket = B.closest_bucket(20, 3000, 256)
+    out, box = B.resize_and_crop(wide, bucket)
+    assert out.size == (bucket.width, bucket.height)
+    full = wide.resize((box.resized_w, box.resized_h), Image.Resampling.BICUBIC)
+    ref = np.asarray(full.crop((box.left, box.top, box.left + box.width, box.top + box.height)))
+    assert np.abs(np.asarray(out).astype(int) - ref.astype(int)).max() <= 1
+
+    sizes: list[tuple[int, int]] = []
+    real_resize = Image.Image.resize
+
+    def recording(self, size, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(tuple(size))
+        return real_resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording)
+    strip = Image.new("RGB", (40000, 8), (200, 10, 10))
+    bucket = B.closest_bucket(8, 40000, 1024)
+    out, box = B.resize_and_crop(strip, bucket)
+    assert box.resized_w * box.resized_h > 10**9  # what resizing it whole would have made
+    assert out.size == (bucket.width, bucket.height)
+    assert max(w * h for w, h in sizes) == bucket.width * bucket.height
+    assert np.asarray(out)[:, :, 0].min() >= 199  # the strip's colour, no zero padding
+
+
 def test_single_scale_follows_torchvision_resize_int() -> None:
     # torchvision _compute_resized_output_size: short side -> size, long side int(size * long / short)
     assert B.short_side_size(480, 640, 256) == (256, int(256 * 640 / 480))
