@@ -535,7 +535,13 @@ class ImageEncoder:
         _, box = self.plan(w, h, resolution)
         if image.mode != "RGB":
             image = image.convert("RGB")
-        resample = Image.Resampling.BICUBIC if self.config.multiscale else Image.Resampling.BILINEAR
+        if not self.config.multiscale:
+            resample = Image.Resampling.BILINEAR
+        elif resolution >= 2048:
+            # PixArt-Σ's InternalDataMSSigma resizes with Lanczos for its 2048 (and 2880) tables
+            resample = Image.Resampling.LANCZOS
+        else:
+            resample = Image.Resampling.BICUBIC
         out = B.apply_crop(image, box, resample)
         return np.asarray(out, dtype=np.uint8)
 

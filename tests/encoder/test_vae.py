@@ -88,6 +88,15 @@ def test_encode_returns_mean_and_std_of_the_bucket_crop(encoder: ImageEncoder, v
     np.testing.assert_allclose(results[0].std, std.numpy(), rtol=2e-3, atol=2e-3)
 
 
+def test_preprocess_at_2048_uses_lanczos_as_pixart_sigma(vae_dir: str) -> None:
+    enc = ImageEncoder(VaeConfig(model=vae_dir, resolutions=(2048,), preprocess_threads=0))
+    img = noise_image(900, 600, 6)
+    _, box = enc.plan(900, 600, 2048)
+    full = img.resize((box.resized_w, box.resized_h), Image.Resampling.LANCZOS)
+    expected = full.crop((box.left, box.top, box.left + box.width, box.top + box.height))
+    np.testing.assert_array_equal(enc.preprocess(img, 2048), np.asarray(expected))
+
+
 def test_preprocess_is_pixarts_bicubic_resize_then_centre_crop(encoder: ImageEncoder) -> None:
     img = noise_image(640, 480, 5)
     bucket, box = encoder.plan(640, 480, 512)
