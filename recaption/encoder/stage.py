@@ -19,7 +19,7 @@ from typing import Any
 
 from recaption.encoder import schema as S
 from recaption.encoder.t5 import TextEncoder, TextEncoderConfig
-from recaption.encoder.vae import ImageEncoder, VaeConfig
+from recaption.encoder.vae import PREPROCESS_RULES, ImageEncoder, VaeConfig
 from recaption.errors import ConfigError
 from recaption.images.decode import DEFAULT_MAX_PIXELS, decode_image
 from recaption.readers.base import Failure, ImageRef, InputShard
@@ -151,6 +151,7 @@ class EncodeStage(Stage):
             out["image"] = {
                 k: list(i[k]) if isinstance(i.get(k), tuple) else i.get(k) for k in _IMAGE_SEMANTIC
             }
+            out["image"]["preprocess_rules"] = PREPROCESS_RULES
         if self.text_from:
             out["text_from"] = self.text_from
         return out

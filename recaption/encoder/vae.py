@@ -45,6 +45,10 @@ from recaption.encoder import buckets as B
 from recaption.encoder import schema as S
 from recaption.errors import ConfigError
 
+# Bump when preprocessing changes the pixels of finished shards, so a resumed run refuses to mix
+# them. 2: Lanczos at 2048 (PixArt-Σ), very wide images resized inside their crop window.
+PREPROCESS_RULES = 2
+
 
 @dataclass(frozen=True)
 class VaePreset:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recaption import io
-from recaption.errors import ConfigError
+from recaption.errors import ConfigError, MissingColumnsError, SourceError
 from recaption.nouns.counter import NounCounter, noun_fields
 from recaption.nouns.options import NounOptions
 from recaption.nouns.stats import NounStats
@@ -26,6 +26,8 @@ from recaption.shards.layout import StageDir
 from recaption.shards.writer import ShardOutput
 from recaption.stage import Resources, Stage
 
+# 2: a caption run's columns are counted over the same images (captioning failures in neither)
+COUNTING_RULES = 2
 _ERROR = "\0error"  # the caption stage's error column, kept beside the compared columns
 DEFAULT_LABELS = {"raw_caption": "raw", "dense_caption": "dense"}
 
@@ -89,6 +91,7 @@ def make_inputs(
         raise ConfigError("--label", labels, f"{n} labels, one per compared caption column, in order")
     out, k = [], 0
     used: set[str] = set()
+    applied = False
     for n_input, (url, cols, is_stage) in enumerate(inputs):
         pairs = []
         for c in cols:
@@ -103,6 +106,12 @@ def make_inputs(
             used.add(label)
             pairs.append((c, label))
         tc = per_input[n_input] if per_input and not is_stage else None
+        if tc and text_columns and len(text_columns) == 1 and not _is_table(url, shard_size):
+            # "once for all inputs" names the column of the tables; a folder or a webdataset
+            # takes its captions from its own files
+            tc = None
+        else:
+            applied = applied or bool(tc)
         out.append(
             NounInput(
                 url=url,
@@ -112,7 +121,26 @@ def make_inputs(
                 shard_size=shard_size,
             )
         )
+    if text_columns and any(text_columns) and not applied:
+        raise ConfigError(
+            "--text-column",
+            text_columns,
+            "only with table inputs (parquet, JSON lines, CSV)",
+            hint="no input is a table; the others take their captions from their own files",
+        )
     return out
+
+
+def _is_table(url: str, shard_size: int | None) -> bool:
+    from recaption.readers import open_source
+    from recaption.readers.table import TableSource
+
+    try:
+        return isinstance(open_source(url, shard_size=shard_size), TableSource)
+    except (ConfigError, MissingColumnsError):
+        return True  # a table without a default caption column: it needs the option
+    except SourceError:
+        return False  # reported when the stage opens it
 
 
 def label_column(label: str) -> str:
@@ -161,8 +189,13 @@ class NounsStage(Stage):
 
     def fingerprint(self) -> dict[str, Any]:
         return {
-            "inputs": [{"url": i.url, "columns": [list(c) for c in i.columns]} for i in self.inputs],
+            "inputs": [
+                {"url": i.url, "columns": [list(c) for c in i.columns], "text_column": i.text_column}
+                for i in self.inputs
+            ],
             "options": self.options.fingerprint(),
+            # what the stage does beyond the options: bump when a change alters finished shards
+            "rules": COUNTING_RULES,
         }
 
     def _source(self, j: int) -> Any:

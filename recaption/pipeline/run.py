@@ -127,8 +127,11 @@ def plan(cfg: PipelineConfig) -> Plan:
         after = "caption" if expected is not None else None
         if e.split_workers:
             text_url = io.join(out, "features_text")
-            st = build.encode_stage(e, p.captions, what="text", expected_shards=expected)
-            si = build.encode_stage(e, p.captions, what="image", text_from=text_url, expected_shards=expected)
+            with build.in_section("encode"):
+                st = build.encode_stage(e, p.captions, what="text", expected_shards=expected)
+                si = build.encode_stage(
+                    e, p.captions, what="image", text_from=text_url, expected_shards=expected
+                )
             p.stages["encode_text"] = PlannedStage(
                 st, text_url, after, e.workers, _resources(st, e.cpus_per_worker, e.gpus_per_worker)
             )

@@ -9,7 +9,7 @@ there, rather than decompressed from its start again for every image.
 
 from __future__ import annotations
 
-import contextlib
+import lzma
 import os
 import posixpath
 import shutil
@@ -17,6 +17,7 @@ import tarfile
 import tempfile
 import threading
 import weakref
+import zlib
 from collections import OrderedDict
 from typing import Any
 
@@ -44,19 +45,23 @@ def parse_row_member(member: str) -> tuple[int, str]:
 
 
 class _LocalTar:
-    """A compressed tar's members, decompressed once into a temporary file, with their byte ranges."""
+    """A compressed tar's members, decompressed once into an anonymous temporary file.
+
+    The file has no name (``tempfile.TemporaryFile``: unlinked at once), so a worker that is
+    killed, even by SIGKILL, leaves nothing behind: the space goes with the process. It lives in
+    ``TMPDIR``, which needs room for one decompressed shard per opener. A damaged archive keeps
+    the members before the damage readable (the reader captioned those) and remembers why the
+    rest cannot be read, without decompressing it again.
+    """
 
     def __init__(self, uri: str) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="recaption-", suffix=".members")
-        self._cleanup = weakref.finalize(self, _remove_quietly, self.path)
+        self._file = tempfile.TemporaryFile(prefix="recaption-")  # noqa: SIM115 - lives with the object
+        self._cleanup = weakref.finalize(self, self._file.close)
         self.members: dict[str, tuple[int, int]] = {}
+        self.damage: str | None = None
         try:
             # tarfile's stream mode reads any compression it knows (gz, bz2, xz), whatever the name
-            with (
-                io.open_file(uri, "rb") as f,
-                tarfile.open(fileobj=f, mode="r|*") as tf,
-                os.fdopen(fd, "wb") as dst,
-            ):
+            with io.open_file(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
                 for info in tf:
                     fobj = tf.extractfile(info) if info.isfile() else None
                     if fobj is None:
@@ -64,27 +69,33 @@ class _LocalTar:
                     name = info.name[2:] if info.name.startswith("./") else info.name
                     if name in self.members:
                         continue  # the reader kept the first of a repeated name
-                    self.members[name] = (dst.tell(), int(info.size))
-                    shutil.copyfileobj(fobj, dst, 1 << 22)
+                    offset = self._file.tell()
+                    shutil.copyfileobj(fobj, self._file, 1 << 22)
+                    if self._file.tell() - offset != info.size:
+                        raise EOFError(f"member {name!r} is cut short")
+                    self.members[name] = (offset, int(info.size))
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+            if isinstance(e, FileNotFoundError):
+                self.close()
+                raise
+            self.damage = f"{type(e).__name__}: {e}"
         except BaseException:
             self.close()
             raise
+        self._file.flush()
 
     def read(self, uri: str, member: str) -> bytes:
         if member not in self.members:
+            if self.damage is not None:
+                raise RefError(
+                    f"tar member {member!r} of {uri} is past where the archive is damaged ({self.damage})"
+                )
             raise RefError(f"tar member {member!r} not found in {uri}")
         offset, size = self.members[member]
-        with open(self.path, "rb") as f:  # a local temporary file of ours, not a user path
-            f.seek(offset)
-            return f.read(size)
+        return os.pread(self._file.fileno(), size, offset)  # no shared file position: thread-safe
 
     def close(self) -> None:
         self._cleanup()
-
-
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.remove(path)
 
 
 class ImageOpener:
@@ -108,7 +119,7 @@ class ImageOpener:
         return tar.read(uri, member)
 
     def close(self) -> None:
-        """Remove the temporary files of decompressed tars (also done when the opener is collected)."""
+        """Free the temporary files of decompressed tars (also done when the opener is collected)."""
         for tar in self._tars.values():
             tar.close()
         self._tars.clear()
@@ -162,7 +173,30 @@ class ImageOpener:
 
 
 def read_ref(ref: ImageRef) -> bytes:
+    """One image's bytes. A member of a compressed tar is streamed to (not the whole archive
+    decompressed, as :class:`ImageOpener` does to serve many)."""
+    if ref.member and not ref.member.startswith("row:") and not (ref.offset >= 0 and ref.length >= 0):
+        try:
+            return _stream_to_member(ref.uri, ref.member)
+        except RefError:
+            raise
+        except FileNotFoundError:
+            raise RefError(f"image no longer exists: {ref.describe()}") from None
+        except Exception as e:
+            raise RefError(f"cannot read image {ref.describe()}: {type(e).__name__}: {e}") from None
     return ImageOpener(cache_files=1).read(ref)
+
+
+def _stream_to_member(uri: str, member: str) -> bytes:
+    with io.open_file(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+        for info in tf:
+            name = info.name[2:] if info.name.startswith("./") else info.name
+            if name == member:
+                fobj = tf.extractfile(info)
+                if fobj is None:
+                    raise RefError(f"tar member {member!r} in {uri} is not a regular file")
+                return fobj.read()
+    raise RefError(f"tar member {member!r} not found in {uri}")
 
 
 def safe_member_name(name: str) -> str | None:

@@ -45,11 +45,15 @@ class StageDir:
         return io.join(self.url, file_name(index, part))
 
     def shard_files(self, index: int) -> list[str]:
-        """The data files of shard ``index`` present now: one, or several when it was split."""
-        out = []
-        for url in self.data_files():
+        """The data files of shard ``index`` present now: one, or several when it was split.
+
+        Looks only under the shard's own name prefix (one small listing on an object store, not
+        the whole folder's).
+        """
+        out = [self.data(index)] if io.exists(self.data(index)) else []
+        for url in io.glob(io.join(self.url, f"part-{index:05d}-*.parquet")):
             m = PART_RE.match(io.basename(url))
-            if m and int(m.group(1)) == index:
+            if m and m.group(2) is not None and int(m.group(1)) == index:
                 out.append(url)
         return sorted(out, key=lambda u: int(PART_RE.match(io.basename(u)).group(2) or -1))  # type: ignore[union-attr]
 

@@ -276,3 +276,21 @@ def test_text_from_with_fewer_fields_records_only_those(
     for f in sorted(i_out.glob("part-*.parquet")):
         meta = S.validate_file(str(f), deep=True)
         assert meta.text is not None and meta.text.fields == ["dense"]
+
+
+def test_features_made_by_older_preprocessing_rules_are_not_mixed_with_new(
+    caption_dir: Path, tiny_t5_dir: str, tiny_vae_model_dir: str, tmp_path: Path
+):
+    from recaption.encoder.vae import PREPROCESS_RULES
+    from recaption.runner.base import OutputConflictError
+
+    out = tmp_path / "f"
+    run_local(_stage(caption_dir, tiny_t5_dir, tiny_vae_model_dir), str(out), progress=False)
+    record = json.loads((out / "_stage.json").read_text())
+    assert record["fingerprint"]["image"]["preprocess_rules"] == PREPROCESS_RULES
+    # a folder from before the rules changed (its shards' pixels may differ), one shard unfinished
+    del record["fingerprint"]["image"]["preprocess_rules"]
+    (out / "_stage.json").write_text(json.dumps(record))
+    (out / "_stats" / "part-00001.json").unlink()
+    with pytest.raises(OutputConflictError, match="preprocess_rules"):
+        run_local(_stage(caption_dir, tiny_t5_dir, tiny_vae_model_dir), str(out), progress=False)

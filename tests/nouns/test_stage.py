@@ -144,6 +144,23 @@ def test_missing_text_column_fails_naming_columns(tmp_path: Path):
     assert "'TEXT'" in str(e.value)
 
 
+def test_one_text_column_names_the_tables_caption_among_other_inputs(tmp_path: Path):
+    """`--text-column alt` once for all inputs: the table's column; the captions folder beside it
+    takes its captions from its own files. Given with no table at all, it is refused."""
+    table = tmp_path / "t.parquet"
+    pd.DataFrame({"alt": ["a dog on a sofa", "two cats"], "URL": ["u1", "u2"]}).to_parquet(table)
+    folder = tmp_path / "caps"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a red car near a tree")
+    inputs = make_inputs([str(table), str(folder)], ["web", "folder"], None, ["alt"])
+    assert [i.text_column for i in inputs] == ["alt", None]
+    out = tmp_path / "n"
+    stats = _run(inputs, out)
+    assert (stats["web"].captions, stats["folder"].captions) == (2, 1)
+    with pytest.raises(ConfigError, match=r"--text-column.*only with table inputs"):
+        make_inputs([str(folder)], None, None, ["alt"])
+
+
 def test_caption_run_columns_on_a_table_are_refused(jsonl: Path):
     with pytest.raises(ConfigError, match=r"--column.*caption-stage outputs.*--text-column"):
         make_inputs([str(jsonl)], None, ["dense_caption"])

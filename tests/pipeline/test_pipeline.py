@@ -127,6 +127,11 @@ def test_unknown_key_and_wrong_type_fail_at_once(
     cfg["encode"]["resolutions"] = "big"
     with pytest.raises(ConfigError, match=r"encode\.resolutions"):
         load_config(cfg)
+    for split in (False, True):  # both ways of planning encode name the pipeline key
+        cfg = tiny_config(wds_source, tmp_path / "o", tiny_models)
+        cfg["encode"].update(resolutions=[300], split_workers=split)
+        with pytest.raises(ConfigError, match=r"encode\.resolution.*300.*256, 512, 1024, 2048"):
+            run_pipeline(load_config(cfg), progress=False)
     for key, value in (("resolutions", []), ("workers", 0)):
         cfg = tiny_config(wds_source, tmp_path / "o", tiny_models)
         cfg["encode"][key] = value  # not silently the default, nor "as many as fit"

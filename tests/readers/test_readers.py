@@ -333,9 +333,43 @@ def test_compressed_tar_is_decompressed_once_for_all_its_images(
     opener = ImageOpener()
     assert [opener.read(s.ref) for s in reversed(samples)] == [s.data for s in reversed(samples)]  # type: ignore[arg-type]
     assert len(made) == 1
-    temp = next(iter(opener._tars.values())).path
-    assert Path(temp).exists()
+    local = next(iter(opener._tars.values()))
     with pytest.raises(RefError, match="not found"):
         opener.read(ImageRef(uri=samples[0].ref.uri, member="nope.jpg"))  # type: ignore[union-attr]
     opener.close()
-    assert not Path(temp).exists()
+    assert local._file.closed
+    # one image alone streams to its member (ImageRef.read), without a temporary copy
+    assert samples[7].ref.read() == samples[7].data  # type: ignore[union-attr]
+    assert len(made) == 1
+
+
+def test_a_damaged_tar_gz_keeps_the_members_before_the_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The reader captions the images before the point where a .tar.gz is cut; encode must reopen
+    those, and say why the rest cannot be, without decompressing the archive again per image."""
+    from recaption.readers import refs
+
+    members = []
+    for i in range(20):
+        members += wds_sample(
+            f"{i:05d}", f"caption {i}", img=image_bytes(64, 64, seed=i, fmt="PNG"), ext="png"
+        )
+    path = write_tar(tmp_path / "wds" / "00000.tar.gz", members)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 4])
+    samples = [s for s in open_source(str(tmp_path / "wds")).iter_samples() if isinstance(s, Sample)]
+    assert 0 < len(samples) < 20
+    made = []
+    real = refs._LocalTar
+
+    def counting(uri: str) -> refs._LocalTar:
+        made.append(uri)
+        return real(uri)
+
+    monkeypatch.setattr(refs, "_LocalTar", counting)
+    opener = ImageOpener()
+    assert [opener.read(s.ref) for s in samples] == [s.data for s in samples]  # type: ignore[arg-type]
+    with pytest.raises(RefError, match="past where the archive is damaged"):
+        opener.read(ImageRef(uri=str(path), member="00019.png"))
+    assert len(made) == 1
+    opener.close()
