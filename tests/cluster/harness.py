@@ -52,8 +52,16 @@ class LocalCluster:
 
     def _start(self, name: str, args: list[str]) -> None:
         log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        # Each node's agents on ports of their own: Ray's fixed defaults (52365 for the job agent)
+        # collide between two nodes on one host, and with any other Ray left running on it.
+        ports = [
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+        ]
         self.procs[name] = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", *args],
+            [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", *ports, *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -75,7 +83,28 @@ class LocalCluster:
         self.wait_nodes(1, timeout)
         self.start_worker()
         self.wait_nodes(2, timeout)
+        self.wait_job_agent(timeout)
         return self
+
+    def wait_job_agent(self, timeout: float) -> None:
+        """Wait until the head's job agent takes submissions: nodes count as alive a little before
+        it does, and a job submitted then fails with "No available agent to submit job"."""
+        t0 = time.time()
+        out = ""
+        while time.time() - t0 < timeout:
+            r = subprocess.run(
+                [str(BIN / "ray"), "job", "submit", f"--address={self.dashboard}", "--", "true"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            out = r.stdout + r.stderr
+            if r.returncode == 0:
+                return
+            time.sleep(2)
+        raise RuntimeError(f"the Ray job agent did not take a job in {timeout}s: {out[-2000:]}")
 
     def start_worker(self) -> None:
         self._start("worker", [f"--address={self.address}", f"--num-cpus={self.worker_cpus}"])
