@@ -487,7 +487,16 @@ class TextEncoder:
         cfg = self.config
         source = cfg.resolved_model
         common: dict[str, Any] = {"revision": cfg.revision, "local_files_only": cfg.local_files_only}
-        model_config = AutoConfig.from_pretrained(source, subfolder=cfg.model_subfolder or "", **common)
+        try:
+            model_config = AutoConfig.from_pretrained(source, subfolder=cfg.model_subfolder or "", **common)
+        except (OSError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(
+                "--t5-model",
+                source,
+                "a Hugging Face hub id or a local folder holding a T5 encoder and its tokenizer",
+                hint=f"cannot load its configuration: {first}",
+            ) from None
         self.check_hidden_size(model_config)
 
         device = torch.device(_resolve_device(cfg.device))

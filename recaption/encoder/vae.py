@@ -435,7 +435,16 @@ class ImageEncoder:
             kwargs["revision"] = cfg.revision
         if cfg.subfolder:
             kwargs["subfolder"] = cfg.subfolder
-        vae = AutoencoderKL.from_pretrained(cfg.model_id, torch_dtype=self.compute_dtype, **kwargs)
+        try:
+            vae = AutoencoderKL.from_pretrained(cfg.model_id, torch_dtype=self.compute_dtype, **kwargs)
+        except (OSError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(
+                "--vae-model",
+                cfg.model_id,
+                "a Hugging Face hub id or a local folder holding an AutoencoderKL",
+                hint=f"cannot load it: {first}",
+            ) from None
         want = cfg.preset_info.latent_channels
         got = int(vae.config.latent_channels)
         if got != want:

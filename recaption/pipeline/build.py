@@ -55,10 +55,28 @@ def in_section(section: str) -> Iterator[None]:
         raise ConfigError(option, *e._init_args[1:]) from None  # type: ignore[arg-type]
 
 
+def check_model_path(option: str, value: str | None) -> None:
+    """A model given as a path must exist: found now, not when a worker loads it after hours of
+    captioning. Hub ids (``org/name``) are left to the loader (the driver may be offline)."""
+    if not value:
+        return
+    from recaption import io
+
+    looks_like_path = value.startswith(("/", ".", "~")) or "://" in value or value.count("/") >= 2
+    if looks_like_path and not io.exists(value):
+        raise ConfigError(
+            option,
+            value,
+            "a Hugging Face hub id (org/name) or an existing local folder",
+            hint="no such folder",
+        )
+
+
 def captioner_config(c: CaptionConfig) -> CaptionerConfig:
     """The captioner's model configuration of a ``caption`` section."""
     from recaption.captioner.model import CaptionerConfig
 
+    check_model_path("model", c.model)
     return CaptionerConfig(
         model=c.model,
         revision=c.revision,
@@ -116,6 +134,10 @@ def encode_stage(
 
     if what not in ("both", "text", "image"):
         raise ConfigError("--what", what, ("both", "text", "image"))
+    if what != "image":
+        check_model_path("t5_model", e.t5_model)
+    if what != "text":
+        check_model_path("vae_model", e.vae_model)
     text, image = encode_configs(
         e.preset,
         t5_model=e.t5_model,

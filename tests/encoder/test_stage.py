@@ -294,3 +294,15 @@ def test_features_made_by_older_preprocessing_rules_are_not_mixed_with_new(
     (out / "_stats" / "part-00001.json").unlink()
     with pytest.raises(OutputConflictError, match="preprocess_rules"):
         run_local(_stage(caption_dir, tiny_t5_dir, tiny_vae_model_dir), str(out), progress=False)
+
+
+def test_a_model_that_does_not_load_names_its_option(tmp_path: Path):
+    from recaption.encoder.t5 import TextEncoder, TextEncoderConfig
+    from recaption.encoder.vae import ImageEncoder, VaeConfig
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"--t5-model.*cannot load its configuration"):
+        TextEncoder(TextEncoderConfig(model=str(empty), device="cpu")).load()
+    with pytest.raises(ConfigError, match=r"--vae-model.*AutoencoderKL"):
+        ImageEncoder(VaeConfig(model=str(empty), device="cpu")).load()

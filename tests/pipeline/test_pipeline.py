@@ -227,6 +227,9 @@ def test_a_rejected_setting_is_never_recorded(wds_source: Path, tiny_models: dic
         ("caption", "dtype", "bf16", "caption.dtype"),
         ("nouns", "columns", ["dense_captions"], "nouns.columns"),
         ("nouns", "pos", "VERB", "nouns.pos"),
+        # a model folder that is not there: found now, not after the captioning
+        ("encode", "t5_model", str(tmp_path / "no-t5"), "encode.t5_model"),
+        ("caption", "model", str(tmp_path / "no-llava"), "caption.model"),
     ):
         cfg = tiny_config(wds_source, out, tiny_models)
         cfg[section][key] = value
