@@ -6,7 +6,9 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -54,6 +56,18 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (a pre-empted node, a stopped job) stops a run as Ctrl-C does: the shard in hand is
+    dropped (its temporary files removed) and the finished ones stay for the rerun."""
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> Any:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, raise_interrupt)
+
+
 def handle_errors(fn: F) -> F:
     """Turn the errors recaption raises on purpose into a one-line message and exit code 2."""
 
@@ -61,12 +75,23 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from recaption.errors import RecaptionError
 
+        previous = _stop_on_sigterm()
         try:
             return fn(*args, **kwargs)
         except RecaptionError as e:
             fail(str(e))
         except FileNotFoundError as e:
             fail(f"not found: {e}")
+        except KeyboardInterrupt:
+            typer.echo(
+                "interrupted: finished shards are kept and the unfinished ones were dropped; "
+                "run the same command again to resume",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
 

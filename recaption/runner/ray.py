@@ -66,6 +66,11 @@ def ensure_ray(options: RayOptions) -> bool:
 
     if ray.is_initialized():
         return False
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    sigterm_before = signal.getsignal(signal.SIGTERM) if main else None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = options.address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True, **options.init_kwargs}
@@ -79,6 +84,11 @@ def ensure_ray(options: RayOptions) -> bool:
             kwargs["num_cpus"] = options.num_cpus
         # "local": a new Ray inside this process, never a cluster that `ray start` left on this machine.
         ray.init(address="local", **kwargs)
+    if callable(sigterm_before):
+        # ray.init installs its own SIGTERM handler in the driver (a stack dump, then exit). Put
+        # back the one the program had: the CLI's stops a run as Ctrl-C does, actors killed,
+        # unfinished shards dropped and finished ones kept for the rerun.
+        signal.signal(signal.SIGTERM, sigterm_before)
     return True
 
 
