@@ -31,6 +31,8 @@ def print_summary(summary: RunSummary) -> None:
     )
     for reason, n in list(d["error_reasons"].items())[:10]:
         c.print(f"  {n:>6} × {reason}")
+    for reason, n in list(d["warning_reasons"].items())[:5]:
+        c.print(f"  {n:>6} × (warning) {reason}")
     if d["errors"] or d["warnings"]:
         c.print(f"  failure manifest: {summary.output}/_failures/ (one parquet per shard)")
     for idx, err in d["failed_shards"].items():

@@ -147,10 +147,11 @@ class RunSummary:
     def ok(self) -> bool:
         return not self.failed
 
-    def error_reasons(self) -> dict[str, int]:
+    def error_reasons(self, kind: str = "error") -> dict[str, int]:
+        """Reasons by count over the shards done now (``kind="warning"``: the warnings')."""
         out: dict[str, int] = {}
         for s in self.done:
-            for k, v in (s.get("error_reasons") or {}).items():
+            for k, v in (s.get(f"{kind}_reasons") or {}).items():
                 out[k] = out.get(k, 0) + int(v)
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
@@ -169,6 +170,7 @@ class RunSummary:
             "errors": self.errors,
             "warnings": self.warnings,
             "error_reasons": self.error_reasons(),
+            "warning_reasons": self.error_reasons("warning"),
             "seconds": round(self.seconds, 3),
             "rows_per_second": round(rate, 3),
         }

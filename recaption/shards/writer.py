@@ -193,6 +193,11 @@ class ShardOutput:
             "errors": sum(1 for f in self.failures if f.severity != SEVERITY_WARNING),
             "warnings": sum(1 for f in self.failures if f.severity == SEVERITY_WARNING),
             "error_reasons": dict(reasons.most_common(20)),
+            "warning_reasons": dict(
+                Counter(
+                    reason_category(f.reason) for f in self.failures if f.severity == SEVERITY_WARNING
+                ).most_common(20)
+            ),
             "counters": dict(sorted(self.counters.items())),
             "seconds": round(time.time() - self._started, 3),
             "data_bytes": sum(io.size(f) for f in files),

@@ -59,6 +59,10 @@ def test_encode_writes_pixart_feature_shards(
     stage = _stage(caption_dir, tiny_t5_dir, tiny_vae_model_dir, fields=("dense", "raw"))
     summary = run_local(stage, str(out), progress=False)
     assert summary.ok
+    # warnings are summed by reason too, not only counted
+    warned = summary.to_dict()["warning_reasons"]
+    assert warned["raw caption has N TN tokens, over the limit of N"] == 1  # numbers grouped as N
+    assert warned["raw caption is empty"] == 1
     files = sorted(out.glob("part-*.parquet"))
     assert [f.name for f in files] == ["part-00000.parquet", "part-00001.parquet"]
     meta = S.validate_file(str(files[0]), deep=True)
