@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from recaption.captioner.repetition import detect_text_repetition
+from recaption.captioner.repetition import detect_caption_repetition
 from recaption.errors import ConfigError
 from recaption.prefetch import describe_error, prefetch_batches
 
@@ -757,9 +757,9 @@ class Captioner:
         with self._tokenizer_lock:
             texts = self.processor.tokenizer.batch_decode([f[0] for f in finished], skip_special_tokens=True)
         out = []
-        for (_, count, reason), raw_text, prompt in zip(finished, texts, prompts, strict=True):
+        for (ids, count, reason), raw_text, prompt in zip(finished, texts, prompts, strict=True):
             text = raw_text.strip()
-            rep = detect_text_repetition(text)
+            rep = detect_caption_repetition(text, ids)
             self.stats.generated_tokens += count
             out.append(
                 CaptionResult(

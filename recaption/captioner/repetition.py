@@ -11,6 +11,9 @@ Two signals, both on a sequence of hashable units (words of a caption, or token 
 
 :func:`detect_text_repetition` splits a caption into lower-cased words and punctuation marks and
 applies both; it is model-independent, so the flag means the same for every captioner.
+:func:`detect_caption_repetition` adds the tail-loop signal on the generated token ids, which sees
+loops that have no spaces to split on ("ThereThereThere...", a repeated CJK character, "hahaha...",
+runs of newlines that the caption's strip() removes).
 """
 
 from __future__ import annotations
@@ -130,3 +133,22 @@ def detect_repetition(
 def detect_text_repetition(text: str, **kwargs: object) -> RepetitionReport:
     """:func:`detect_repetition` on the words and punctuation of a caption."""
     return detect_repetition(tokenize_words(text), **kwargs)  # type: ignore[arg-type]
+
+
+def detect_caption_repetition(text: str, token_ids: Sequence[int] = ()) -> RepetitionReport:
+    """Words of the caption (both signals) and, when given, its token ids (the tail loop only: the
+    duplicate-n-gram threshold is calibrated on words, and subword 4-grams repeat more)."""
+    words = detect_text_repetition(text)
+    if not token_ids:
+        return words
+    tokens = detect_repetition(list(token_ids), duplicate_threshold=1.1)
+    if not tokens.repetitive or words.repetitive:
+        return words
+    return RepetitionReport(
+        repetitive=True,
+        score=max(words.score, tokens.score),
+        period=tokens.period,
+        repeats=tokens.repeats,
+        duplicate_fraction=words.duplicate_fraction,
+        reason=f"tokens: {tokens.reason}",
+    )

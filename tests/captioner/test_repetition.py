@@ -107,3 +107,21 @@ def test_works_on_token_ids():
 
 def test_tokenize_words_splits_punctuation():
     assert tokenize_words("A cat, a Dog.") == ["a", "cat", ",", "a", "dog", "."]
+
+
+def test_loops_without_spaces_are_caught_on_the_token_ids():
+    """'ThereThereThere...' is one word to the text check; its token ids loop with period 1."""
+    from recaption.captioner.repetition import detect_caption_repetition
+
+    text = "The image shows " + "There" * 40
+    assert not detect_text_repetition(text).repetitive
+    ids = [10, 11, 12] + [77] * 40
+    rep = detect_caption_repetition(text, ids)
+    assert rep.repetitive and rep.reason.startswith("tokens:") and rep.period == 1
+    # a two-token loop ("ha" "ha" as 5, 6) too
+    assert detect_caption_repetition("haha" * 20, [5, 6] * 20).repetitive
+    # an ordinary caption's ids, even with repeated subwords, are not a loop
+    ordinary = [3, 9, 14, 9, 22, 31, 9, 40, 51, 9, 14, 60, 72, 9]
+    assert not detect_caption_repetition("a cat on a mat by a door near a cat flap", ordinary).repetitive
+    # without ids it is the text check alone
+    assert detect_caption_repetition(text) == detect_text_repetition(text)
