@@ -80,6 +80,16 @@ def size(url: str) -> int:
     return int(fs.size(path))
 
 
+def modified(url: str) -> float:
+    """Last modification time (seconds since the epoch), or 0.0 where the filesystem has none."""
+    fs, path = fs_path(url)
+    try:
+        m = fs.modified(path)
+    except (NotImplementedError, OSError, AttributeError, ValueError):
+        return 0.0
+    return float(m.timestamp()) if hasattr(m, "timestamp") else float(m)
+
+
 def listdir(url: str) -> list[str]:
     """Sorted URLs of the entries directly under ``url`` (empty if it does not exist)."""
     fs, path = fs_path(url)

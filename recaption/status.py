@@ -7,6 +7,7 @@ stage folders.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -23,13 +24,16 @@ def stage_status(url: str) -> dict[str, Any]:
     reasons: Counter[str] = Counter()
     for s in stats:
         reasons.update({k: int(v) for k, v in (s.get("error_reasons") or {}).items()})
-    in_progress = sorted(
-        {
-            int(m.group(1))
-            for u in io.listdir(url)
-            if io.is_tmp(u) and (m := PART_RE.match(io.basename(u).lstrip(".")))
-        }
-    )
+    # A shard's temporary files exist while a worker writes it, and after a run that was killed
+    # (until the rerun removes them): how long since each was written tells the two apart.
+    idle: dict[int, float] = {}
+    now = time.time()
+    for u in io.listdir(url):
+        if io.is_tmp(u) and (m := PART_RE.match(io.basename(u).lstrip("."))):
+            age = max(0.0, now - io.modified(u)) if io.modified(u) else 0.0
+            i = int(m.group(1))
+            idle[i] = min(idle.get(i, age), age)
+    in_progress = sorted(idle)
     total = int(record.get("shards", 0))
     return {
         "stage": record.get("stage"),
@@ -37,6 +41,7 @@ def stage_status(url: str) -> dict[str, Any]:
         "shards_total": total,
         "shards_done": len(stats),
         "shards_in_progress": in_progress,
+        "in_progress_idle_seconds": {str(i): round(idle[i], 1) for i in in_progress},
         "complete": total > 0 and len(stats) >= total,
         "rows": sum(int(s.get("rows", 0)) for s in stats),
         "errors": sum(int(s.get("errors", 0)) for s in stats),

@@ -31,7 +31,11 @@ def status_command(
         t.add_row(
             str(s["stage"]),
             f"{s['shards_done']}/{s['shards_total']}" + (" ✓" if s["complete"] else ""),
-            ", ".join(map(str, s["shards_in_progress"])) or "-",
+            ", ".join(
+                f"{i} (written {s['in_progress_idle_seconds'][str(i)]:.0f} s ago)"
+                for i in s["shards_in_progress"]
+            )
+            or "-",
             str(s["rows"]),
             str(s["errors"]),
             str(s["warnings"]),

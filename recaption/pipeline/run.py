@@ -8,7 +8,8 @@
       nouns/            nouns per caption and per-shard statistics
       report/           nouns.{json,md,csv}: PixArt's Table 1, raw against dense captions
       features/         T5 + VAE feature shards (features_text/ too when T5 and VAE run apart)
-      summary.json      samples per stage, throughput, failures by reason, where everything is
+      summary.json      what this invocation did per stage (throughput, failures by reason), and
+                        "totals": the whole output's, over every run into the folder
 
 With the Ray executor the stages overlap: caption shard ``i`` goes to nouns and encode as soon as
 it is committed, while the captioner works on the next. The local executor runs them one after
@@ -288,5 +289,25 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> Pipeli
     result = PipelineResult(
         summaries=summaries, seconds=seconds, report=report, report_files=files, output=cfg.output
     )
-    io.write_text_atomic(io.join(cfg.output, "summary.json"), json.dumps(result.to_dict(), indent=1))
+    from recaption.status import run_status
+
+    summary = result.to_dict()
+    # What this invocation did is above; a resumed run did only part of the work. The whole
+    # output's totals (every finished shard, of every run into this folder) are these:
+    summary["totals"] = {
+        s["stage"] + ("_text" if str(s["output"]).endswith("features_text") else ""): {
+            k: s[k]
+            for k in (
+                "shards_total",
+                "shards_done",
+                "complete",
+                "rows",
+                "errors",
+                "warnings",
+                "error_reasons",
+            )
+        }
+        for s in run_status(cfg.output)["stages"]
+    }
+    io.write_text_atomic(io.join(cfg.output, "summary.json"), json.dumps(summary, indent=1))
     return result

@@ -95,6 +95,11 @@ def test_rerun_resumes_and_refuses_changed_settings(
     result = run_pipeline(load_config(cfg), progress=False)
     assert all(not s.done for s in result.summaries.values())
     assert all(s.skipped == 3 for s in result.summaries.values())
+    # this rerun did nothing, but summary.json still gives the whole output's totals
+    summary = json.loads((local_run / "summary.json").read_text())
+    assert summary["stages"]["caption"]["rows"] == 0
+    assert summary["totals"]["caption"]["rows"] == 12 and summary["totals"]["caption"]["complete"]
+    assert set(summary["totals"]) == {"caption", "nouns", "encode"}
     cfg["caption"]["max_new_tokens"] = 20
     with pytest.raises(OutputConflictError, match=r"caption.max_new_tokens: 12 → 20"):
         run_pipeline(load_config(cfg), progress=False)
