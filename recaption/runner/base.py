@@ -98,21 +98,23 @@ def run_shard(
     ``extra`` goes into the shard's stats file (e.g. which worker did it).
     """
     sd = StageDir(output)
-    out = ShardOutput(
-        sd,
-        shard,
-        stage.schema(),
-        stage=stage.name,
-        metadata=stage.file_metadata(),
-        compression=stage.compression,
-        writer_options=stage.parquet_options(),
-        size_policy=stage.size_policy(),
-    )
-    try:
+    out: ShardOutput | None = None
+    try:  # the output is made inside: an interrupt between making and using it still aborts it
+        out = ShardOutput(
+            sd,
+            shard,
+            stage.schema(),
+            stage=stage.name,
+            metadata=stage.file_metadata(),
+            compression=stage.compression,
+            writer_options=stage.parquet_options(),
+            size_policy=stage.size_policy(),
+        )
         stats = stage.process_shard(shard, out) or {}
         return out.commit({**stats, **(extra or {})})
     except BaseException:
-        out.abort()
+        if out is not None:
+            out.abort()
         raise
 
 

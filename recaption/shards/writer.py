@@ -78,7 +78,11 @@ class ShardOutput:
         self._started = time.time()
         # Opened at once, not at the first rows: `recaption status` sees the shard in progress
         # while its first batch is still on the GPU.
-        self._open()
+        try:
+            self._open()
+        except BaseException:  # an interrupt mid-open must not leave the temporary file
+            self.abort()
+            raise
 
     # -- rows --------------------------------------------------------------------------------
     def _open(self) -> None:

@@ -36,8 +36,15 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path: Path, executor: s
     assert "SIGTERM received" not in err  # not Ray's crash dump
     done = len(list((out / "_stats").glob("*.json")))
     assert 0 < done < 400
-    assert not [f for f in out.rglob("*") if ".tmp-" in f.name]
+
+    def leftovers() -> list[Path]:
+        return [f for f in out.rglob("*") if ".tmp-" in f.name]
+
+    if executor == "local":  # the shard in hand is aborted in this process
+        assert not leftovers()
+    # (a Ray actor killed mid-shard cannot clean up after itself: the rerun removes what it left)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
     summary = json.loads(r.stdout[r.stdout.index("{") :])
     assert summary["skipped_shards"] == done
     assert summary["done_shards"] == 400 - done
+    assert not leftovers()
