@@ -66,7 +66,7 @@ class _LocalTar:
                     fobj = tf.extractfile(info) if info.isfile() else None
                     if fobj is None:
                         continue
-                    name = info.name[2:] if info.name.startswith("./") else info.name
+                    name = _member_name(info)
                     if name in self.members:
                         continue  # the reader kept the first of a repeated name
                     offset = self._file.tell()
@@ -101,13 +101,17 @@ class _LocalTar:
 class ImageOpener:
     """Reads image bytes from references, caching the last few parquet image columns."""
 
-    def __init__(self, cache_files: int = 2) -> None:
+    def __init__(self, cache_files: int = 2, *, stream_tar_members: bool = False) -> None:
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._cache_files = cache_files
+        # one image alone: scan the compressed tar to its member instead of decompressing it all
+        self._stream_tar_members = stream_tar_members
         self._tars: OrderedDict[str, _LocalTar] = OrderedDict()
         self._tars_lock = threading.Lock()  # decode threads share an opener: decompress a tar once
 
     def _tar_member(self, uri: str, member: str) -> bytes:
+        if self._stream_tar_members:
+            return _stream_to_member(uri, member)
         with self._tars_lock:
             tar = self._tars.get(uri)
             if tar is None:
@@ -175,23 +179,17 @@ class ImageOpener:
 def read_ref(ref: ImageRef) -> bytes:
     """One image's bytes. A member of a compressed tar is streamed to (not the whole archive
     decompressed, as :class:`ImageOpener` does to serve many)."""
-    if ref.member and not ref.member.startswith("row:") and not (ref.offset >= 0 and ref.length >= 0):
-        try:
-            return _stream_to_member(ref.uri, ref.member)
-        except RefError:
-            raise
-        except FileNotFoundError:
-            raise RefError(f"image no longer exists: {ref.describe()}") from None
-        except Exception as e:
-            raise RefError(f"cannot read image {ref.describe()}: {type(e).__name__}: {e}") from None
-    return ImageOpener(cache_files=1).read(ref)
+    return ImageOpener(cache_files=1, stream_tar_members=True).read(ref)
+
+
+def _member_name(info: tarfile.TarInfo) -> str:
+    return info.name[2:] if info.name.startswith("./") else info.name
 
 
 def _stream_to_member(uri: str, member: str) -> bytes:
     with io.open_file(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
         for info in tf:
-            name = info.name[2:] if info.name.startswith("./") else info.name
-            if name == member:
+            if _member_name(info) == member:
                 fobj = tf.extractfile(info)
                 if fobj is None:
                     raise RefError(f"tar member {member!r} in {uri} is not a regular file")

@@ -308,21 +308,12 @@ def test_ref_that_no_longer_opens(tmp_path: Path):
         ImageOpener().read(ref)
 
 
-@pytest.mark.parametrize("suffix", [".tar.gz", ".tgz", ".tar.xz"])
-def test_compressed_tar_is_decompressed_once_for_all_its_images(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
-):
-    """Members of a compressed tar have no byte range: reopening 30 of them must not decompress
-    the shard 30 times (quadratic in the shard size), and the temporary copy goes at close."""
+@pytest.fixture
+def decompressions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The URIs of the compressed tars ImageOpener decompresses, one entry per decompression."""
     from recaption.readers import refs
 
-    members = []
-    for i in range(30):
-        members += wds_sample(f"{i:05d}", f"caption {i}", seed=i)
-    write_tar(tmp_path / "wds" / f"00000{suffix}", members)
-    samples = [s for s in open_source(str(tmp_path / "wds")).iter_samples() if isinstance(s, Sample)]
-    assert len(samples) == 30 and all(s.ref is not None and s.ref.offset == -1 for s in samples)
-    made = []
+    made: list[str] = []
     real = refs._LocalTar
 
     def counting(uri: str) -> refs._LocalTar:
@@ -330,9 +321,24 @@ def test_compressed_tar_is_decompressed_once_for_all_its_images(
         return real(uri)
 
     monkeypatch.setattr(refs, "_LocalTar", counting)
+    return made
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tgz", ".tar.xz"])
+def test_compressed_tar_is_decompressed_once_for_all_its_images(
+    tmp_path: Path, decompressions: list[str], suffix: str
+):
+    """Members of a compressed tar have no byte range: reopening 30 of them must not decompress
+    the shard 30 times (quadratic in the shard size), and the temporary copy goes at close."""
+    members = []
+    for i in range(30):
+        members += wds_sample(f"{i:05d}", f"caption {i}", seed=i)
+    write_tar(tmp_path / "wds" / f"00000{suffix}", members)
+    samples = [s for s in open_source(str(tmp_path / "wds")).iter_samples() if isinstance(s, Sample)]
+    assert len(samples) == 30 and all(s.ref is not None and s.ref.offset == -1 for s in samples)
     opener = ImageOpener()
     assert [opener.read(s.ref) for s in reversed(samples)] == [s.data for s in reversed(samples)]  # type: ignore[arg-type]
-    assert len(made) == 1
+    assert len(decompressions) == 1
     local = next(iter(opener._tars.values()))
     with pytest.raises(RefError, match="not found"):
         opener.read(ImageRef(uri=samples[0].ref.uri, member="nope.jpg"))  # type: ignore[union-attr]
@@ -340,16 +346,12 @@ def test_compressed_tar_is_decompressed_once_for_all_its_images(
     assert local._file.closed
     # one image alone streams to its member (ImageRef.read), without a temporary copy
     assert samples[7].ref.read() == samples[7].data  # type: ignore[union-attr]
-    assert len(made) == 1
+    assert len(decompressions) == 1
 
 
-def test_a_damaged_tar_gz_keeps_the_members_before_the_damage(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_a_damaged_tar_gz_keeps_the_members_before_the_damage(tmp_path: Path, decompressions: list[str]):
     """The reader captions the images before the point where a .tar.gz is cut; encode must reopen
     those, and say why the rest cannot be, without decompressing the archive again per image."""
-    from recaption.readers import refs
-
     members = []
     for i in range(20):
         members += wds_sample(
@@ -359,17 +361,9 @@ def test_a_damaged_tar_gz_keeps_the_members_before_the_damage(
     path.write_bytes(path.read_bytes()[: path.stat().st_size * 3 // 4])
     samples = [s for s in open_source(str(tmp_path / "wds")).iter_samples() if isinstance(s, Sample)]
     assert 0 < len(samples) < 20
-    made = []
-    real = refs._LocalTar
-
-    def counting(uri: str) -> refs._LocalTar:
-        made.append(uri)
-        return real(uri)
-
-    monkeypatch.setattr(refs, "_LocalTar", counting)
     opener = ImageOpener()
     assert [opener.read(s.ref) for s in samples] == [s.data for s in samples]  # type: ignore[arg-type]
     with pytest.raises(RefError, match="past where the archive is damaged"):
         opener.read(ImageRef(uri=str(path), member="00019.png"))
-    assert len(made) == 1
+    assert len(decompressions) == 1
     opener.close()
