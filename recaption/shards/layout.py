@@ -28,8 +28,11 @@ from recaption import io
 PART_RE = re.compile(r"^part-(\d{5,})(?:-(\d{3,}))?\.")
 
 
-def part_name(index: int, ext: str = "parquet") -> str:
-    return f"part-{index:05d}.{ext}"
+def part_name(index: int, ext: str = "parquet", part: int | None = None) -> str:
+    """``part-00007.parquet``, or ``part-00007-002.parquet`` for the third file of a split shard."""
+    if part is None:
+        return f"part-{index:05d}.{ext}"
+    return f"part-{index:05d}-{part:03d}.{ext}"
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,7 @@ class StageDir:
 
     def data(self, index: int, part: int | None = None) -> str:
         """Shard ``index``'s data file, or its file number ``part`` when the shard is split."""
-        from recaption.shards.size import file_name
-
-        return io.join(self.url, file_name(index, part))
+        return io.join(self.url, part_name(index, part=part))
 
     def shard_files(self, index: int) -> list[str]:
         """The data files of shard ``index`` present now: one, or several when it was split.

@@ -3,9 +3,10 @@
 One input shard normally gives one data file. An SA-1B tar of ~11k images encoded at 256, 512 and
 1024 makes a ~3.7 GB feature file, too big for many loaders' shuffle buffers and for object-store
 multipart limits, so a stage may split a shard's rows into several files of at most the target:
-``part-{i:05d}-{j:03d}.parquet``, j = 0, 1, ... (:func:`file_name`). The split is greedy in row
-order and depends only on the rows (never on timing or batch boundaries), so a rerun writes the
-same files, and the shard is still committed as one unit (all its files, then its stats file).
+``part-{i:05d}-{j:03d}.parquet``, j = 0, 1, ... (:func:`~recaption.shards.layout.part_name`).
+The split is greedy in row order and depends only on the rows (never on timing or batch
+boundaries), so a rerun writes the same files, and the shard is still committed as one unit (all
+its files, then its stats file).
 
 Bytes are the rows' uncompressed sizes (the tensors, which are stored uncompressed, dominate
 feature files, so the estimate is close to the file size; for compressed text it is an upper bound).
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recaption.errors import ConfigError
+from recaption.shards.layout import part_name
 
 
 @dataclass(frozen=True)
@@ -59,15 +61,8 @@ class ShardSizePolicy:
     def file_names(self, index: int, n_chunks: int) -> list[str]:
         """Output names for input shard ``index`` split into ``n_chunks``."""
         if self.split == "row_groups":
-            return [f"part-{index:05d}.parquet"]
-        return [file_name(index, j) for j in range(n_chunks)]
-
-
-def file_name(index: int, part: int | None = None, ext: str = "parquet") -> str:
-    """``part-00007.parquet``, or ``part-00007-002.parquet`` for the third file of a split shard."""
-    if part is None:
-        return f"part-{index:05d}.{ext}"
-    return f"part-{index:05d}-{part:03d}.{ext}"
+            return [part_name(index)]
+        return [part_name(index, part=j) for j in range(n_chunks)]
 
 
 class Chunker:
@@ -125,15 +120,17 @@ def row_nbytes(table: Any, columns: Sequence[str] | None = None) -> list[int]:
         ):
             lengths = pc.binary_length(col).to_numpy(zero_copy_only=False)
             total += np.nan_to_num(lengths.astype(np.float64), nan=0.0).astype(np.int64)
-        elif pa.types.is_fixed_size_binary(t) or (t.bit_width if _has_width(t) else 0) >= 8:
-            total += t.byte_width
+        elif width := _byte_width(t):
+            total += width
         else:
             total += int(col.nbytes) // table.num_rows
     return [int(x) for x in total]
 
 
-def _has_width(t: Any) -> bool:
+def _byte_width(t: Any) -> int:
+    """Bytes per value of a fixed-width type of a byte or more (fixed-size binary included); 0
+    for variable-width and bit-packed types."""
     try:
-        return int(t.bit_width) > 0
+        return int(t.bit_width) // 8
     except ValueError:
-        return False
+        return 0

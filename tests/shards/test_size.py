@@ -13,8 +13,8 @@ import pytest
 
 from recaption.errors import ConfigError
 from recaption.readers.base import InputShard
-from recaption.shards.layout import PART_RE, StageDir
-from recaption.shards.size import Chunker, ShardSizePolicy, file_name, row_nbytes
+from recaption.shards.layout import PART_RE, StageDir, part_name
+from recaption.shards.size import Chunker, ShardSizePolicy, row_nbytes
 from recaption.shards.writer import ShardOutput
 
 SCHEMA = pa.schema([("key", pa.string()), ("blob", pa.binary()), ("n", pa.int32())])
@@ -81,7 +81,7 @@ def test_split_shard_files_names_stats_and_rows(tmp_path: Path):
     assert sd.done_indices() == {3}
     assert all(int(PART_RE.match(n).group(1)) == 3 for n in names)  # type: ignore[union-attr]
     # the layout's names are the size module's
-    assert Path(sd.data(3, part=2)).name == file_name(3, 2) == names[2]
+    assert Path(sd.data(3, part=2)).name == part_name(3, part=2) == names[2]
 
 
 def test_byte_target_bounds_each_file(tmp_path: Path):
