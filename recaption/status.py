@@ -30,7 +30,8 @@ def stage_status(url: str) -> dict[str, Any]:
     now = time.time()
     for u in io.listdir(url):
         if io.is_tmp(u) and (m := PART_RE.match(io.basename(u).lstrip("."))):
-            age = max(0.0, now - io.modified(u)) if io.modified(u) else 0.0
+            written = io.modified(u)
+            age = max(0.0, now - written) if written else 0.0
             i = int(m.group(1))
             idle[i] = min(idle.get(i, age), age)
     in_progress = sorted(idle)

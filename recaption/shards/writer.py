@@ -89,10 +89,9 @@ class ShardOutput:
         import fsspec
         import pyarrow.parquet as pq
 
-        if self._split_files:
-            target = self.stage_dir.data(self.shard.index, part=len(self._done_files))
-        else:
-            target = self.stage_dir.data(self.shard.index)
+        target = self.stage_dir.data(
+            self.shard.index, part=len(self._done_files) if self._split_files else None
+        )
         io.makedirs(self.stage_dir.url)
         self._target = target
         self._tmp = io.tmp_name(target)
@@ -160,12 +159,8 @@ class ShardOutput:
     # -- commit --------------------------------------------------------------------------------
     def commit(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Rename everything into place; the stats file goes last. Returns the stats."""
-        import pyarrow as pa
-
-        if self._writer is None:  # an empty shard still gets a valid, empty data file
-            self._open()
-            assert self._writer is not None
-            self._writer.write_table(pa.Table.from_pylist([], schema=self.schema))
+        # The current file is always open here (opened with the output, reopened at each split),
+        # so an empty shard still gets a valid, empty data file.
         self._close_file()
         files = [final for _, final in self._done_files]
         for tmp, final in self._done_files:
@@ -186,7 +181,9 @@ class ShardOutput:
                 write_parquet_atomic(url, payload)
             else:
                 io.write_text_atomic(url, payload)
-        reasons = Counter(reason_category(f.reason) for f in self.failures if f.severity != SEVERITY_WARNING)
+        reasons: dict[bool, Counter[str]] = {False: Counter(), True: Counter()}  # keyed by "is a warning"
+        for f in self.failures:
+            reasons[f.severity == SEVERITY_WARNING][reason_category(f.reason)] += 1
         stats = {
             "stage": self.stage,
             "shard": self.shard.index,
@@ -194,14 +191,10 @@ class ShardOutput:
             if not self.shard.files
             else {**self.shard.to_dict(), "files": len(self.shard.files)},
             "rows": self.rows,
-            "errors": sum(1 for f in self.failures if f.severity != SEVERITY_WARNING),
-            "warnings": sum(1 for f in self.failures if f.severity == SEVERITY_WARNING),
-            "error_reasons": dict(reasons.most_common(20)),
-            "warning_reasons": dict(
-                Counter(
-                    reason_category(f.reason) for f in self.failures if f.severity == SEVERITY_WARNING
-                ).most_common(20)
-            ),
+            "errors": reasons[False].total(),
+            "warnings": reasons[True].total(),
+            "error_reasons": dict(reasons[False].most_common(20)),
+            "warning_reasons": dict(reasons[True].most_common(20)),
             "counters": dict(sorted(self.counters.items())),
             "seconds": round(time.time() - self._started, 3),
             "data_bytes": sum(io.size(f) for f in files),
