@@ -20,6 +20,12 @@ class RecaptionError(Exception):
         return (self.__class__, self.args)
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type where it has none), for a hint."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
 class ConfigError(RecaptionError, ValueError):
     """A wrong option: fails at once, naming the option, the value and the accepted values."""
 

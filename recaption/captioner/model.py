@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from recaption.captioner.repetition import detect_caption_repetition
-from recaption.errors import ConfigError
+from recaption.errors import ConfigError, first_line
 from recaption.prefetch import describe_error, prefetch_batches
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ class Captioner:
                 "model",
                 cfg.model,
                 "a Hugging Face hub id or a local folder holding a vision-language model",
-                hint=f"cannot load its configuration: {_first_line(e)}",
+                hint=f"cannot load its configuration: {first_line(e)}",
             ) from None
         self._check_vlm(hf_config)
         try:
@@ -309,7 +309,7 @@ class Captioner:
                 "model",
                 cfg.model,
                 "a model folder with a processor",
-                hint=f"cannot load its processor: {_first_line(e)}",
+                hint=f"cannot load its processor: {first_line(e)}",
             ) from None
         device = cfg.resolved_device()
         dtype = self._torch_dtype(device)
@@ -323,7 +323,7 @@ class Captioner:
                 **common,
             )
         except (OSError, ValueError) as e:
-            hint = f"cannot load its weights: {_first_line(e)}"
+            hint = f"cannot load its weights: {first_line(e)}"
             if cfg.use_safetensors and "safetensors" in str(e).lower():
                 hint += " (only safetensors weights are loaded; pickled .bin weights are refused)"
             raise ConfigError(
@@ -797,11 +797,6 @@ class Captioner:
         self.model = None
         self.processor = None
         self._free_memory()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _min_side_needed(image_processor: Any) -> int:

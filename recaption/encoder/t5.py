@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recaption.encoder.cleaning import clean_caption
-from recaption.errors import ConfigError
+from recaption.errors import ConfigError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -490,12 +490,11 @@ class TextEncoder:
         try:
             model_config = AutoConfig.from_pretrained(source, subfolder=cfg.model_subfolder or "", **common)
         except (OSError, ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[0] if str(e) else type(e).__name__
             raise ConfigError(
                 "--t5-model",
                 source,
                 "a Hugging Face hub id or a local folder holding a T5 encoder and its tokenizer",
-                hint=f"cannot load its configuration: {first}",
+                hint=f"cannot load its configuration: {first_line(e)}",
             ) from None
         self.check_hidden_size(model_config)
 

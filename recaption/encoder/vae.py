@@ -43,7 +43,7 @@ import numpy as np
 
 from recaption.encoder import buckets as B
 from recaption.encoder import schema as S
-from recaption.errors import ConfigError
+from recaption.errors import ConfigError, first_line
 
 # Bump when preprocessing changes the pixels of finished shards, so a resumed run refuses to mix
 # them. 2: Lanczos at 2048 (PixArt-Σ), very wide images resized inside their crop window.
@@ -438,12 +438,11 @@ class ImageEncoder:
         try:
             vae = AutoencoderKL.from_pretrained(cfg.model_id, torch_dtype=self.compute_dtype, **kwargs)
         except (OSError, ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[0] if str(e) else type(e).__name__
             raise ConfigError(
                 "--vae-model",
                 cfg.model_id,
                 "a Hugging Face hub id or a local folder holding an AutoencoderKL",
-                hint=f"cannot load it: {first}",
+                hint=f"cannot load it: {first_line(e)}",
             ) from None
         want = cfg.preset_info.latent_channels
         got = int(vae.config.latent_channels)
