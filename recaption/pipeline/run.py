@@ -47,6 +47,7 @@ class Plan:
     captions: str = ""
     nouns: str = ""
     features: str = ""
+    features_text: str = ""  # T5 features, when T5 and the VAE run on different workers
 
 
 def _resources(stage: Stage, cpus: float, gpus: float) -> Resources:
@@ -70,6 +71,7 @@ def plan(cfg: PipelineConfig) -> Plan:
         captions=io.join(out, "captions"),
         nouns=io.join(out, "nouns"),
         features=io.join(out, "features"),
+        features_text=io.join(out, "features_text"),
     )
     expected: tuple[int, ...] | None = None
     if cfg.caption.enabled:
@@ -127,7 +129,7 @@ def plan(cfg: PipelineConfig) -> Plan:
         e = cfg.encode
         after = "caption" if expected is not None else None
         if e.split_workers:
-            text_url = io.join(out, "features_text")
+            text_url = p.features_text
             with build.in_section("encode"):
                 st = build.encode_stage(e, p.captions, what="text", expected_shards=expected)
                 si = build.encode_stage(
@@ -174,7 +176,7 @@ def _check_caption_columns(captions: str, columns: list[str], *, captioning: boo
         )
 
 
-def check_or_record_config(cfg: PipelineConfig, p: Plan | None = None) -> None:
+def check_or_record_config(p: Plan) -> None:
     """Write OUTPUT/pipeline.yaml; on a rerun, refuse settings that would change finished results.
 
     A changed setting is refused only where its stage already has finished shards (a source or
@@ -187,6 +189,7 @@ def check_or_record_config(cfg: PipelineConfig, p: Plan | None = None) -> None:
     from recaption.pipeline.config import section_of
     from recaption.shards.layout import StageDir
 
+    cfg = p.config
     url = io.join(cfg.output, "pipeline.yaml")
     new = cfg.model_dump(mode="json")
     if io.exists(url):
@@ -196,11 +199,7 @@ def check_or_record_config(cfg: PipelineConfig, p: Plan | None = None) -> None:
         old_raw.pop("recaption_version", None)
         old = load_config(old_raw)
         a, b = semantic(old), semantic(cfg)
-        folders = {
-            "caption": [io.join(cfg.output, "captions")],
-            "nouns": [io.join(cfg.output, "nouns")],
-            "encode": [io.join(cfg.output, "features"), io.join(cfg.output, "features_text")],
-        }
+        folders = {"caption": [p.captions], "nouns": [p.nouns], "encode": [p.features, p.features_text]}
         started = {
             name: any(StageDir(u).done_indices() for u in urls if io.exists(u))
             for name, urls in folders.items()
@@ -249,7 +248,7 @@ class PipelineResult:
 def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> PipelineResult:
     """Run (or resume) a pipeline; returns per-stage summaries and writes OUTPUT/summary.json."""
     p = plan(cfg)  # every setting checked (and the source opened) before anything is written
-    check_or_record_config(cfg, p)
+    check_or_record_config(p)
     t0 = time.time()
     names = list(p.stages)
     summaries: dict[str, RunSummary] = {}

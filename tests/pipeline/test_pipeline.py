@@ -252,28 +252,28 @@ def test_a_rejected_setting_is_never_recorded(wds_source: Path, tiny_models: dic
 def test_settings_of_a_stage_with_nothing_finished_may_change(
     wds_source: Path, tiny_models: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from recaption.pipeline.run import check_or_record_config
+    from recaption.pipeline.run import check_or_record_config, plan
 
     out = tmp_path / "o"
     cfg = tiny_config(wds_source, out, tiny_models)
-    check_or_record_config(load_config(cfg))
+    check_or_record_config(plan(load_config(cfg)))
     # the same run through other spellings of its paths
     import os
 
     monkeypatch.chdir(tmp_path)
     cfg["source"]["path"] = os.path.relpath(wds_source, tmp_path) + "/"
     cfg["output"] = "o/"
-    check_or_record_config(load_config(cfg))
+    check_or_record_config(plan(load_config(cfg)))
     # nouns has no finished shard: its settings may change
     cfg["nouns"]["min_length"] = 3
-    check_or_record_config(load_config(cfg))
+    check_or_record_config(plan(load_config(cfg)))
     # once a nouns shard is finished they may not
     (out / "nouns" / "_stats").mkdir(parents=True)
     (out / "nouns" / "_stats" / "part-00000.json").write_text("{}")
     cfg["nouns"]["min_length"] = 4
     with pytest.raises(OutputConflictError, match=r"nouns.min_length: 3 → 4"):
-        check_or_record_config(load_config(cfg))
+        check_or_record_config(plan(load_config(cfg)))
     # a caption setting is still free while no caption shard is finished
     cfg["nouns"]["min_length"] = 3
     cfg["caption"]["max_new_tokens"] = 7
-    check_or_record_config(load_config(cfg))
+    check_or_record_config(plan(load_config(cfg)))
