@@ -16,7 +16,9 @@ def parse_resolutions(text: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise ConfigError("--resolutions", text, "comma-separated sizes among 256, 512, 1024, 2048") from None
+        raise ConfigError(
+            "--resolutions", text, "comma-separated sizes among 256, 512, 1024, 2048, 2880"
+        ) from None
 
 
 @app.command("encode")
@@ -45,6 +47,14 @@ def encode_command(
     ),
     resolutions: str | None = typer.Option(
         None, "--resolutions", help="e.g. 256,512,1024 (default: the preset's)."
+    ),
+    square: bool = typer.Option(
+        False, "--square", help="Also store the square latents single-scale training reads."
+    ),
+    vae_resize: str = typer.Option(
+        "crop",
+        "--vae-resize",
+        help="crop (PixArt's training transform) | stretch (PixArt's extract_features.py --multi_scale).",
     ),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu."),
     store_dtype: str = typer.Option(
@@ -81,6 +91,8 @@ def encode_command(
             "t5_hidden_size": t5_hidden_size,
             "vae_model": vae_model,
             "resolutions": list(res) if res else None,
+            "square": square,
+            "vae_resize": vae_resize,
             "device": device,
             "store_dtype": store_dtype,
             "batch_rows": batch_rows,
@@ -109,7 +121,18 @@ def export_pixart_command(
         None, "--alt-caption", help="PixArt-Σ's alternative caption field."
     ),
     resolutions: str | None = typer.Option(None, "--resolutions", help="Latents to export (default: all)."),
-    layouts: str = typer.Option("internal", "--layouts", help="Comma-separated layouts to write."),
+    layouts: str = typer.Option(
+        "internal", "--layouts", help="internal (PixArt-α) and/or sigma (PixArt-Σ), comma-separated."
+    ),
+    images: bool = typer.Option(
+        False, "--images", help="Also each image, for configs with load_vae_feat=False (InternImgs/)."
+    ),
+    link_images: bool = typer.Option(
+        True,
+        "--link-images/--copy-images",
+        help="Hard-link (else symlink) local image files PixArt reads as the same pixels.",
+    ),
+    compress: bool = typer.Option(False, "--compress", help="Compressed .npz (np.savez_compressed)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace files already in DEST."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -125,6 +148,9 @@ def export_pixart_command(
         alt_caption_field=alt_caption_field,
         resolutions=parse_resolutions(resolutions),
         layouts=tuple(x.strip() for x in layouts.split(",") if x.strip()),
+        images=images,
+        link_images=link_images,
+        compress=compress,
         overwrite=overwrite,
     )
     d = dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else dict(summary.__dict__)
@@ -137,5 +163,16 @@ def export_pixart_command(
         c.print(f"[bold]export-pixart[/]: {d['rows']} images → {d['dest']} ({len(d['skipped'])} skipped)")
         for folder, n in d["files"].items():
             c.print(f"  {n:>7} files in {folder}")
-        if d["config_hint"]:
-            c.print("  PixArt config: " + ", ".join(f"{k}={v!r}" for k, v in d["config_hint"].items()))
+        for how, n in d["images"].items():
+            c.print(f"  {n:>7} images {how} in {d['images_root']}")
+        for key, reason in d["skipped"][:10]:
+            c.print(f"  skipped {key}: {reason}", markup=False, highlight=False)
+        for hint in d["config_hints"]:
+            settings = {k: v for k, v in hint.items() if k not in ("pixart_config", "shipped")}
+            c.print(
+                f"  {hint['pixart_config']}: " + ", ".join(f"{k}={v!r}" for k, v in settings.items()),
+                markup=False,
+                highlight=False,
+            )
+        for line in d["warnings"]:
+            c.print(f"[yellow]warning[/]: {line}")

@@ -3,7 +3,7 @@
 Sources (read, not imported: PixArt is not a dependency):
 
 - the tables: ``diffusion/data/datasets/utils.py`` in PixArt-alpha/PixArt-alpha (256, 512, 1024) and
-  PixArt-alpha/PixArt-sigma (the same three, plus 2048). Keys are height/width ratios as strings
+  PixArt-alpha/PixArt-sigma (the same three, plus 2048 and 2880). Keys are height/width ratios as strings
   (``'0.25'`` … ``'4.0'``), values ``[H, W]`` as floats, 40 buckets per table;
 - the bucket rule: ``get_closest_ratio`` in ``diffusion/data/datasets/InternalData_ms.py``:
   ``min(ratios.keys(), key=lambda r: abs(float(r) - h / w))``. ``min`` returns the *first* key of
@@ -100,11 +100,29 @@ ASPECT_RATIO_2048: dict[str, list[float]] = {
 }
 # fmt: on
 
+# PixArt-Σ only (its 2.8K stage; ``diffusion/data/datasets/utils.py`` @9ba985e). Its keys are not
+# the other tables' (0.34, 0.47, 0.49...): the ratios of its own [H, W] pairs, multiples of 64.
+# fmt: off
+ASPECT_RATIO_2880: dict[str, list[float]] = {
+    '0.25': [1408.0, 5760.0], '0.26': [1408.0, 5568.0], '0.27': [1408.0, 5376.0], '0.28': [1408.0, 5184.0],
+    '0.32': [1600.0, 4992.0], '0.33': [1600.0, 4800.0], '0.34': [1600.0, 4672.0], '0.4': [1792.0, 4480.0],
+    '0.42': [1792.0, 4288.0], '0.47': [1920.0, 4096.0], '0.49': [1920.0, 3904.0], '0.51': [1920.0, 3776.0],
+    '0.55': [2112.0, 3840.0], '0.59': [2112.0, 3584.0], '0.68': [2304.0, 3392.0], '0.72': [2304.0, 3200.0],
+    '0.78': [2496.0, 3200.0], '0.83': [2496.0, 3008.0], '0.89': [2688.0, 3008.0], '0.93': [2688.0, 2880.0],
+    '1.0': [2880.0, 2880.0], '1.07': [2880.0, 2688.0], '1.12': [3008.0, 2688.0], '1.21': [3008.0, 2496.0],
+    '1.28': [3200.0, 2496.0], '1.39': [3200.0, 2304.0], '1.47': [3392.0, 2304.0], '1.7': [3584.0, 2112.0],
+    '1.82': [3840.0, 2112.0], '2.03': [3904.0, 1920.0], '2.13': [4096.0, 1920.0], '2.39': [4288.0, 1792.0],
+    '2.5': [4480.0, 1792.0], '2.92': [4672.0, 1600.0], '3.0': [4800.0, 1600.0], '3.12': [4992.0, 1600.0],
+    '3.68': [5184.0, 1408.0], '3.82': [5376.0, 1408.0], '3.95': [5568.0, 1408.0], '4.0': [5760.0, 1408.0],
+}
+# fmt: on
+
 TABLES: dict[int, dict[str, list[float]]] = {
     256: ASPECT_RATIO_256,
     512: ASPECT_RATIO_512,
     1024: ASPECT_RATIO_1024,
     2048: ASPECT_RATIO_2048,
+    2880: ASPECT_RATIO_2880,
 }
 
 # PixArt-α's loaders keep ``ratio <= 4``; PixArt-Σ's ``InternalDataMSSigma`` keeps ``ratio <= 4.5``.
@@ -245,6 +263,12 @@ def crop_for_bucket(orig_h: int, orig_w: int, bucket: Bucket) -> CropBox:
     """The resize and crop PixArt's multi-scale training applies for ``bucket``."""
     rh, rw = resize_size(orig_h, orig_w, bucket.height, bucket.width)
     return center_crop_box(rh, rw, bucket.height, bucket.width)
+
+
+def stretch_box(bucket: Bucket) -> CropBox:
+    """PixArt's ``tools/extract_features.py --multi_scale``: ``T.Resize(closest_size)`` straight to
+    the bucket (the aspect ratio is not kept), so its ``T.CenterCrop(closest_size)`` cuts nothing."""
+    return CropBox(bucket.height, bucket.width, 0, 0, bucket.height, bucket.width)
 
 
 def crop_for_square(orig_h: int, orig_w: int, size: int) -> CropBox:

@@ -25,6 +25,11 @@ column                         arrow type                  meaning
 ``vae_R_crop``                 fixed_size_list<int32>[4]   [top, left, height, width] of the crop in
                                                            the resized image
 ``vae_R_resized_h``, ``_w``    int32                       the size the image was resized to
+``vae_R_square``               binary                      with ``square`` in the metadata: the
+                                                           centre-crop R x R latent single-scale
+                                                           training reads, (2·C, R/8, R/8)
+``vae_R_square_crop``          fixed_size_list<int32>[4]   its crop box in the resized image
+``vae_R_square_resized_h/_w``  int32                       its resized size (shorter side = R)
 =============================  ==========================  ==========================================
 
 Tensors are C-contiguous little-endian bytes of the dtype named in the file metadata (``float16``
@@ -70,13 +75,16 @@ from recaption.shards.size import ShardSizePolicy
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "recaption"
-RESOLUTIONS = (256, 512, 1024, 2048)
+RESOLUTIONS = (256, 512, 1024, 2048, 2880)
 TENSOR_DTYPES = ("float16", "bfloat16", "float32")
 VAE_DOWNSAMPLE = 8
 
 IDENTITY_COLUMNS = ("key", "image_uri", "image_member", "image_offset", "image_length", "width", "height")
 TEXT_SUFFIXES = ("", "_len", "_truncated", "_text")
 IMAGE_SUFFIXES = ("", "_h", "_w", "_ratio", "_crop", "_resized_h", "_resized_w")
+# The square (single-scale) latents stored beside the bucketed ones: ``vae_{R}_square{suffix}``.
+SQUARE = "_square"
+SQUARE_SUFFIXES = ("", "_crop", "_resized_h", "_resized_w")
 
 _FIELD_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -104,6 +112,11 @@ def t5_column(field_name: str, suffix: str = "") -> str:
 def vae_column(resolution: int, suffix: str = "") -> str:
     """``vae_{R}{suffix}``; ``suffix`` is one of ``""``, ``_h``, ``_w``, ``_ratio``, ``_crop``, …"""
     return f"vae_{int(resolution)}{suffix}"
+
+
+def square_column(resolution: int, suffix: str = "") -> str:
+    """``vae_{R}_square{suffix}``: the centre-crop square latent at ``resolution`` (see the table)."""
+    return vae_column(resolution, SQUARE + suffix)
 
 
 def check_caption_field(name: str) -> str:
@@ -156,6 +169,18 @@ def image_fields(resolution: int) -> list[Any]:
     ]
 
 
+def square_fields(resolution: int) -> list[Any]:
+    import pyarrow as pa
+
+    r = check_resolution(resolution)
+    return [
+        pa.field(square_column(r), pa.binary()),
+        pa.field(square_column(r, "_crop"), pa.list_(pa.int32(), 4)),
+        pa.field(square_column(r, "_resized_h"), pa.int32()),
+        pa.field(square_column(r, "_resized_w"), pa.int32()),
+    ]
+
+
 def feature_schema(
     caption_fields: Iterable[str] = (),
     resolutions: Iterable[int] = (),
@@ -179,8 +204,11 @@ def feature_schema(
     out = identity_fields()
     for f in fields_:
         out += text_fields(f)
+    square = metadata is not None and metadata.image is not None and metadata.image.square
     for r in sorted(set(res)):
         out += image_fields(r)
+        if square:
+            out += square_fields(r)
     out += list(extra_fields)
     schema = pa.schema(out)
     if metadata is not None:
@@ -339,6 +367,24 @@ def image_row(
     }
 
 
+def square_row(
+    resolution: int,
+    latent: Any,
+    *,
+    crop: Sequence[int],
+    resized_hw: tuple[int, int],
+    dtype: str | None = None,
+) -> dict:
+    """The ``vae_{R}_square*`` columns of one row from a (2C, R/8, R/8) latent (mean ‖ std)."""
+    r = int(resolution)
+    return {
+        square_column(r): pack_tensor(latent, dtype),
+        square_column(r, "_crop"): [int(v) for v in crop],
+        square_column(r, "_resized_h"): int(resized_hw[0]),
+        square_column(r, "_resized_w"): int(resized_hw[1]),
+    }
+
+
 # -- metadata ----------------------------------------------------------------------------------
 @dataclass
 class TextMeta:
@@ -367,6 +413,11 @@ class ImageMeta:
     vae_preset: str = ""
     compute_dtype: str = ""
     max_ratio: float = 4.0
+    # True: vae_{R}_square columns too (single-scale training's centre crop, beside the buckets)
+    square: bool = False
+    # "crop": resize to cover the bucket, centre crop (PixArt's training transform); "stretch":
+    # resize straight to the bucket (PixArt's tools/extract_features.py --multi_scale)
+    resize: str = "crop"
 
 
 @dataclass
@@ -432,6 +483,7 @@ COMPATIBILITY_FIELDS = (
     "image.latent_channels",
     "image.scale_factor",
     "image.multiscale",
+    "image.resize",
     "image.dtype",
 )
 
@@ -552,6 +604,9 @@ def validate(table_or_schema: Any, *, where: str = "table", deep: bool = False) 
                 continue
             for s in IMAGE_SUFFIXES:
                 expected[vae_column(r, s)] = ex[s]
+            if meta.image.square:
+                for s in SQUARE_SUFFIXES:
+                    expected[square_column(r, s)] = ex[s]
     missing = [n for n in expected if n not in types]
     if missing:
         problems.append(f"missing column(s) {missing}; available: {sorted(types)}")

@@ -60,6 +60,8 @@ def encode_configs(
     device: str = "auto",
     t5_hidden_size: int | None = None,
     store_dtype: str = "float16",
+    square: bool = False,
+    vae_resize: str = "crop",
 ) -> tuple[TextEncoderConfig, VaeConfig]:
     """The T5 and VAE configurations of a PixArt preset, with overrides."""
     if preset not in PRESETS:
@@ -78,6 +80,8 @@ def encode_configs(
         device=device,
         resolutions=tuple(resolutions if resolutions is not None else p["resolutions"]),
         store_dtype=store_dtype,
+        square=square,
+        resize=vae_resize,
     )
     return text, image
 
@@ -152,6 +156,11 @@ class EncodeStage(Stage):
                 k: list(i[k]) if isinstance(i.get(k), tuple) else i.get(k) for k in _IMAGE_SEMANTIC
             }
             out["image"]["preprocess_rules"] = PREPROCESS_RULES
+            # only when set, so runs recorded before these options existed still resume
+            if self.image.square:
+                out["image"]["square"] = True
+            if self.image.resize != "crop":
+                out["image"]["resize"] = self.image.resize
         if self.text_from:
             out["text_from"] = self.text_from
         return out
@@ -343,6 +352,9 @@ class EncodeStage(Stage):
             for row, per_res in zip(rows, self._image_enc.encode_all(images, sizes), strict=True):
                 for lat in per_res.values():
                     row.update(lat.row())
+            for row, per_res in zip(rows, self._image_enc.encode_all_square(images, sizes), strict=True):
+                for lat in per_res.values():
+                    row.update(lat.square_row())
         out.count("encoded", len(rows))
         return rows
 

@@ -91,6 +91,7 @@ SDXL_VAE_CONFIG: dict[str, Any] = {**SD_VAE_CONFIG, "sample_size": 1024, "scalin
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 STORE_DTYPES = ("float16", "bfloat16", "float32")
 COMPILE_MODES = ("auto", "none", "norms", "full")
+RESIZE_MODES = ("crop", "stretch")
 # "gemm": exact attention as two matrix products around a softmax (see GemmAttnProcessor); the
 # others pick an SDPA kernel. The VAE's single 512-wide head has no flash or cuDNN kernel.
 ATTENTION_BACKENDS = ("auto", "gemm", "math", "efficient", "flash", "cudnn")
@@ -116,6 +117,11 @@ class VaeConfig:
     store_dtype: str = "float16"  # dtype of the stored mean ‖ std
     resolutions: tuple[int, ...] = (256, 512, 1024)
     multiscale: bool = True  # False: square crops, PixArt's single-scale default_train
+    # True (with multiscale): also the square crop single-scale training reads (vae_R_square)
+    square: bool = False
+    # "crop": cover the bucket and centre-crop, as PixArt's training transform; "stretch": resize
+    # straight to the bucket, as PixArt's tools/extract_features.py --multi_scale does
+    resize: str = "crop"
     batch_size: int = 8  # images per forward pass (all of one bucket)
     max_ratio: float | None = None  # drop height/width above this; default: the preset's PixArt rule
     min_ratio: float | None = None  # also drop very wide images (PixArt keeps them)
@@ -146,6 +152,8 @@ class VaeConfig:
             raise ConfigError("vae dtype", self.dtype, COMPUTE_DTYPES)
         if self.store_dtype not in STORE_DTYPES:
             raise ConfigError("vae store dtype", self.store_dtype, STORE_DTYPES)
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError("--vae-resize", self.resize, RESIZE_MODES)
         if self.compile not in COMPILE_MODES:
             raise ConfigError("vae compile", self.compile, COMPILE_MODES)
         if self.attention not in ATTENTION_BACKENDS:
@@ -201,6 +209,16 @@ class LatentResult:
     @property
     def std(self) -> np.ndarray:
         return self.as_float32()[self.channels :]
+
+    def square_row(self) -> dict[str, Any]:
+        """The ``vae_{R}_square*`` columns of the feature schema (for a square-crop result)."""
+        return S.square_row(
+            self.resolution,
+            self.latent,
+            crop=self.crop.as_list(),
+            resized_hw=(self.crop.resized_h, self.crop.resized_w),
+            dtype=self.dtype,
+        )
 
     def row(self) -> dict[str, Any]:
         """The ``vae_{R}*`` columns of the feature schema."""
@@ -517,6 +535,8 @@ class ImageEncoder:
             vae_preset=cfg.preset_info.name,
             compute_dtype=str(self.compute_dtype).removeprefix("torch.") if self.compute_dtype else cfg.dtype,
             max_ratio=cfg.drop_above,
+            square=cfg.square and cfg.multiscale,
+            resize=cfg.resize,
         )
 
     # -- planning (no model needed) ----------------------------------------------------------------
@@ -524,10 +544,15 @@ class ImageEncoder:
         """Why this image must be skipped (PixArt would drop it), or ``None``."""
         return B.drop_reason(height, width, self.config.drop_above, self.config.min_ratio)
 
-    def plan(self, width: int, height: int, resolution: int) -> tuple[B.Bucket, B.CropBox]:
-        """The bucket and crop box an image of this original size gets at ``resolution``."""
-        if self.config.multiscale:
+    def plan(
+        self, width: int, height: int, resolution: int, square: bool = False
+    ) -> tuple[B.Bucket, B.CropBox]:
+        """The bucket and crop box an image of this original size gets at ``resolution``
+        (``square``: the single-scale centre crop, whatever the configuration)."""
+        if self.config.multiscale and not square:
             bucket = B.closest_bucket(height, width, B.table_for(resolution))
+            if self.config.resize == "stretch":
+                return bucket, B.stretch_box(bucket)
             return bucket, B.crop_for_bucket(height, width, bucket)
         r = S.check_resolution(resolution)
         return B.Bucket(key="1.0", height=r, width=r), B.crop_for_square(height, width, r)
@@ -539,15 +564,17 @@ class ImageEncoder:
         sizes = [self.plan(width, height, r)[1] for r in self.config.resolutions]
         return max(c.resized_w for c in sizes), max(c.resized_h for c in sizes)
 
-    def preprocess(self, image: Any, resolution: int, orig_size: tuple[int, int] | None = None) -> np.ndarray:
+    def preprocess(
+        self, image: Any, resolution: int, orig_size: tuple[int, int] | None = None, square: bool = False
+    ) -> np.ndarray:
         """Resize and crop one PIL RGB image as PixArt's training does; ``(H, W, 3)`` uint8."""
         from PIL import Image
 
         w, h = orig_size if orig_size is not None else image.size
-        _, box = self.plan(w, h, resolution)
+        _, box = self.plan(w, h, resolution, square)
         if image.mode != "RGB":
             image = image.convert("RGB")
-        if not self.config.multiscale:
+        if square or not self.config.multiscale:
             resample = Image.Resampling.BILINEAR
         elif resolution >= 2048:
             # PixArt-Σ's InternalDataMSSigma resizes with Lanczos for its 2048 (and 2880) tables
@@ -572,8 +599,11 @@ class ImageEncoder:
         images: Sequence[Any],
         resolution: int,
         orig_sizes: Sequence[tuple[int, int]] | None = None,
+        square: bool = False,
     ) -> list[LatentResult]:
         """Encode PIL RGB images at one resolution; results in input order.
+
+        ``square``: the single-scale centre crop (``R`` x ``R``) instead of the configured buckets.
 
         ``orig_sizes`` = each image's original (width, height) when it was decoded smaller (the
         bucket and crop are PixArt's, computed from the original size). An image that
@@ -592,12 +622,12 @@ class ImageEncoder:
             reason = self.check(w, h)
             if reason is not None:
                 raise ValueError(f"image {i} ({w}x{h}) cannot be encoded: {reason}")
-            bucket, box = self.plan(w, h, r)
+            bucket, box = self.plan(w, h, r, square)
             pixels: Future | np.ndarray
             if pool is not None:
-                pixels = pool.submit(self.preprocess, img, r, (w, h))
+                pixels = pool.submit(self.preprocess, img, r, (w, h), square)
             else:
-                pixels = self.preprocess(img, r, (w, h))
+                pixels = self.preprocess(img, r, (w, h), square)
             prepared.append(_Prepared(i, bucket, box, (w, h), pixels))
         groups: dict[str, list[_Prepared]] = {}
         for p in prepared:
@@ -623,6 +653,16 @@ class ImageEncoder:
     ) -> list[dict[int, LatentResult]]:
         """Encode at every configured resolution: one ``{resolution: LatentResult}`` per image."""
         per_res = {r: self.encode(images, r, orig_sizes) for r in self.config.resolutions}
+        return [{r: per_res[r][i] for r in self.config.resolutions} for i in range(len(images))]
+
+    def encode_all_square(
+        self, images: Sequence[Any], orig_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[dict[int, LatentResult]]:
+        """The square latents of ``square=True`` (empty dicts otherwise, and when the buckets are
+        already square): one ``{resolution: LatentResult}`` per image."""
+        if not (self.config.square and self.config.multiscale):
+            return [{} for _ in images]
+        per_res = {r: self.encode(images, r, orig_sizes, square=True) for r in self.config.resolutions}
         return [{r: per_res[r][i] for r in self.config.resolutions} for i in range(len(images))]
 
     def encode_arrays(self, pixels: np.ndarray, to_cpu: bool = True) -> Any:

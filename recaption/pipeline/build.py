@@ -146,6 +146,8 @@ def encode_stage(
         device=e.device,
         t5_hidden_size=e.t5_hidden_size,
         store_dtype=e.store_dtype,
+        square=e.square,
+        vae_resize=e.vae_resize,
     )
     return EncodeStage(
         captions=captions,

@@ -111,12 +111,22 @@ class EncodeConfig(_Strict):
     )
     vae_model: str | None = Field(None, description="VAE hub id or folder (default: the preset's).")
     resolutions: list[int] | None = Field(None, description="Latent resolutions (default: 256, 512, 1024).")
+    square: bool = Field(
+        False,
+        description="Also store the centre-crop square latents single-scale training reads "
+        "(PixArt's InternalData / InternalDataSigma).",
+    )
+    vae_resize: Literal["crop", "stretch"] = Field(
+        "crop",
+        description="crop: cover the bucket, centre crop (PixArt's training transform); "
+        "stretch: resize to the bucket (PixArt's extract_features.py --multi_scale).",
+    )
 
     @field_validator("resolutions")
     @classmethod
     def _resolutions(cls, v: list[int] | None) -> list[int] | None:
         if v is not None and not v:
-            raise ValueError("at least one of 256, 512, 1024, 2048 (leave it out for the preset's)")
+            raise ValueError("at least one of 256, 512, 1024, 2048, 2880 (leave it out for the preset's)")
         return v
 
     device: str = Field("auto", description="auto | cuda | cuda:N | cpu.")

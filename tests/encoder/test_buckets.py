@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from recaption.encoder import buckets as B
+from recaption.encoder import schema as S
 from recaption.errors import ConfigError
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -55,6 +56,27 @@ def test_every_table_has_40_buckets_from_a_quarter_to_four(resolution: int) -> N
         assert w % (resolution // 16) == 0
         assert abs(h / w - float(k)) <= 0.005 + 1e-9  # keys are h/w rounded to 2 places
         assert 0.9 * resolution**2 <= h * w <= resolution**2
+
+
+def test_the_2880_table_is_sigmas() -> None:
+    """PixArt-Σ's ASPECT_RATIO_2880 (``diffusion/data/datasets/utils.py`` @9ba985e): 40 buckets of
+    multiples of 64 with their own keys (not the other tables'); its keys are only roughly h/w
+    (the extreme ones are off by up to 0.09, and some buckets hold 88% of 2880²), copied as they are."""
+    table = B.table_for(2880)
+    keys = list(table)
+    assert len(keys) == 40
+    assert (keys[0], keys[-1]) == ("0.25", "4.0")
+    assert keys != list(B.ASPECT_RATIO_1024)
+    assert [float(k) for k in keys] == sorted(float(k) for k in keys)
+    for k, (h, w) in table.items():
+        assert h % 64 == 0 and w % 64 == 0
+        assert abs(h / w - float(k)) <= 0.1
+        assert 0.87 * 2880**2 <= h * w <= 2880**2
+    assert table["0.47"] == [1920.0, 4096.0]
+    assert table["1.0"] == [2880.0, 2880.0]
+    assert table["3.95"] == [5568.0, 1408.0]
+    assert B.closest_bucket(1000, 2000, 2880).key == "0.49"
+    assert S.check_resolution(2880) == 2880
 
 
 def test_spot_check_values_against_pixart() -> None:
