@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import io as _io
 import json
+import os
+import posixpath
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,7 +49,9 @@ import numpy as np
 from recaption import io
 from recaption.encoder import schema as S
 from recaption.errors import ConfigError
+from recaption.images.decode import DecodeError
 from recaption.pixart.features import FeatureSet, open_parquet
+from recaption.readers.base import REF_COLUMNS
 
 LAYOUTS = ("internal", "sigma")
 DATA_INFO = "data_info.json"
@@ -56,6 +60,21 @@ DATA_INFO_FOLDERS = ("", "partition", "partition_filter")
 T5_FOLDER = "caption_feature_wmask"
 SIGMA_T5_FOLDER = "caption_features_new"
 SIGMA_ALT_T5_FOLDER = "sharegpt4v_caption_features_new"
+# The training configs PixArt ships (α: configs/pixart_config, Σ: configs/pixart_sigma_config);
+# a hint for another resolution names the config it follows with that image_size.
+SHIPPED_CONFIGS = (
+    "PixArt_xl2_img256_internal.py",
+    "PixArt_xl2_img512_internal.py",
+    "PixArt_xl2_img1024_internal.py",
+    "PixArt_xl2_img512_internalms.py",
+    "PixArt_xl2_img1024_internalms.py",
+    "PixArt_sigma_xl2_img256_internal.py",
+    "PixArt_sigma_xl2_img512_internalms.py",
+    "PixArt_sigma_xl2_img1024_internalms.py",
+    "PixArt_sigma_xl2_img2K_internalms_kvcompress.py",
+)
+# PixArt-Σ's shipped configs train on the alternate (sharegpt4v) caption half the time.
+SIGMA_REAL_PROMPT_RATIO = 0.5
 
 
 # Σ's loaders replace these anywhere in the path, not only at its end
@@ -91,6 +110,11 @@ def sigma_vae_folder(resolution: int) -> str:
     return f"img_sdxl_vae_features_{resolution}resolution_ms_new"
 
 
+def sigma_square_vae_folder(resolution: int) -> str:
+    """``InternalDataSigma``'s single-scale latents (and Σ's extractor without ``--multi_scale``)."""
+    return f"img_sdxl_vae_features_{resolution}resolution_new"
+
+
 @dataclass
 class ExportSummary:
     """What :func:`export_pixart` wrote."""
@@ -100,7 +124,13 @@ class ExportSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     files: dict[str, int] = field(default_factory=dict)  # folder -> files written
     data_info: list[str] = field(default_factory=list)
+    # one PixArt config per way to train on what was written (see config_hints); config_hint is
+    # the first of them
     config_hint: dict[str, Any] = field(default_factory=dict)
+    config_hints: list[dict[str, Any]] = field(default_factory=list)
+    images: dict[str, int] = field(default_factory=dict)  # "written"/"linked"/"symlinked" -> count
+    images_root: str | None = None
+    warnings: list[str] = field(default_factory=list)  # one line each, for the person exporting
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray], compress: bool) -> bytes:
@@ -118,18 +148,80 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def pad_features(feats: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(L, hidden)`` features and ``(L,)`` mask padded or cut to ``max_length`` as PixArt pads."""
+def pad_features(
+    feats: np.ndarray, max_length: int, dtype: Any = np.float32, mask_dtype: Any = np.int64
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(L, hidden)`` features and ``(L,)`` mask padded or cut to ``max_length`` as PixArt pads
+    (``InternalData.getdata``: the last real token repeated, mask 0)."""
     n = min(feats.shape[0], max_length)
-    out = np.empty((max_length, feats.shape[1]), dtype=np.float32)
+    out = np.empty((max_length, feats.shape[1]), dtype=dtype)
     if n:
         out[:n] = feats[:n]
         out[n:] = feats[n - 1]
     else:
         out[:] = 0.0
-    mask = np.zeros(max_length, dtype=np.int64)
+    mask = np.zeros(max_length, dtype=mask_dtype)
     mask[:n] = 1
     return out, mask
+
+
+@dataclass(frozen=True)
+class TextFormat:
+    """How one layout stores T5 features: PixArt-α's extractor saves float32 features with the
+    tokenizer's int64 mask; PixArt-Σ's saves ``caption_emb.to(torch.float16)`` with
+    ``attention_mask.to(torch.int16)`` (``tools/extract_features.py``)."""
+
+    dtype: Any
+    mask_dtype: Any
+    pad: bool
+
+    def npz(self, feats: np.ndarray, max_length: int, compress: bool) -> bytes:
+        if self.pad:
+            out, mask = pad_features(feats, max_length, self.dtype, self.mask_dtype)
+        else:
+            n = min(feats.shape[0], max_length)
+            out = np.ascontiguousarray(feats[:n], dtype=self.dtype)
+            mask = np.ones(n, dtype=self.mask_dtype)
+        if not np.isfinite(out).all():
+            raise ValueError(f"T5 features overflow {np.dtype(self.dtype).name} (values beyond its range)")
+        return _npz_bytes({"caption_feature": out[None], "attention_mask": mask[None]}, compress)
+
+
+def _hint(
+    name: str,
+    dataset: str,
+    dest: str,
+    resolution: int,
+    *,
+    multiscale: bool,
+    max_length: int,
+    scale_factor: float,
+    load_vae_feat: bool,
+    sigma: bool,
+    real_prompt_ratio: float | None = None,
+) -> dict[str, Any]:
+    """The settings a PixArt config needs to train on an export (the README's table)."""
+    data: dict[str, Any] = {
+        "type": dataset,
+        "root": dest,
+        "image_list_json": [DATA_INFO],
+        "load_vae_feat": load_vae_feat,
+    }
+    if sigma:
+        data["load_t5_feat"] = True
+    hint: dict[str, Any] = {
+        "pixart_config": name,
+        "shipped": name in SHIPPED_CONFIGS,
+        "data": data,
+        "image_size": resolution,
+        "multi_scale": multiscale,
+        "aspect_ratio_type": f"ASPECT_RATIO_{resolution}" if multiscale else None,
+        "model_max_length": max_length,
+        "scale_factor": scale_factor,
+    }
+    if sigma:
+        hint["real_prompt_ratio"] = real_prompt_ratio
+    return hint
 
 
 def export_pixart(
@@ -140,8 +232,10 @@ def export_pixart(
     alt_caption_field: str | None = None,
     resolutions: Sequence[int] | None = None,
     layouts: Sequence[str] = ("internal",),
-    pad_to_max_length: bool = True,
+    pad_to_max_length: bool | None = None,
     compress: bool = False,
+    images: bool = False,
+    link_images: bool = True,
     max_ratio: float | None = None,
     overwrite: bool = False,
     workers: int = 8,
@@ -151,12 +245,22 @@ def export_pixart(
     ``caption_field``: the caption whose T5 features and text become ``prompt`` (default: the
     first encoded); ``alt_caption_field``: PixArt-Σ's ``sharegpt4v`` caption (text, and features in
     the ``sigma`` layout). ``resolutions``: which latents (default: all every file has).
-    ``pad_to_max_length``: store features at the training length (needed by α's InternalDataMS).
-    ``compress``: ``np.savez_compressed`` as PixArt's extractor (slower; same arrays).
+    ``pad_to_max_length``: store T5 features at the training length; ``None`` (default): where a
+    loader needs it, i.e. α's ``caption_feature_wmask`` (α's ``InternalDataMS`` does not pad) and
+    not Σ's folders (both Σ loaders pad, so only the real tokens are stored).
+    ``compress``: ``np.savez_compressed`` as PixArt's extractors (slower; same arrays).
+    ``images``: also each sample's image where the loaders read it with ``load_vae_feat=False``
+    (:mod:`recaption.pixart.images`; ``link_images``: hard/symbolic links where that gives the
+    same pixels). Square (single-scale) latents are written where the features have them
+    (``recaption encode --square``, or single-scale features).
     ``max_ratio``: entries with a larger height/width are left out, as PixArt's loaders drop them
     (default: the rule the features were encoded with, 4 for α and 4.5 for Σ).
     Files mixing presets are refused (:class:`~recaption.encoder.schema.MixedFeaturesError`).
     """
+    from recaption.pixart.images import export_image, images_root
+    from recaption.readers.base import ImageRef
+    from recaption.readers.refs import ImageOpener, RefError
+
     for layout in layouts:
         if layout not in LAYOUTS:
             raise ConfigError("layout", layout, LAYOUTS)
@@ -184,120 +288,256 @@ def export_pixart(
     hidden = meta.text.hidden_size
     c2 = 2 * meta.image.latent_channels
     multiscale = meta.image.multiscale
-    folders: dict[str, str] = {}
+    # square latents: the main columns of single-scale features, or the vae_R_square columns
+    square_cols = multiscale and all(m.image is not None and m.image.square for m in fs.per_file.values())
+    has_square = not multiscale or square_cols
+    sigma = "sigma" in layouts
+    formats = {
+        "t5": TextFormat(np.float32, np.int64, True if pad_to_max_length is None else pad_to_max_length),
+        "sigma": TextFormat(np.float16, np.int16, bool(pad_to_max_length)),
+    }
+    # Σ's extractor stores its latents as float16 (fp16 VAE / autocast): exact from float16 features
+    sigma_vae_dtype = np.float16 if meta.image.dtype == "float16" else np.float32
+    # (folder, source) for each latent resolution: source "ms" = the vae_R columns of multi-scale
+    # features, "square" = the square latents (the vae_R columns of single-scale features, or
+    # the vae_R_square columns)
+    vae_targets: dict[int, list[tuple[str, str, Any]]] = {r: [] for r in res_list}
+    folders: list[str] = []
+    t5_folders: list[tuple[str, str]] = []  # (folder, format)
     if "internal" in layouts:
-        folders["t5"] = T5_FOLDER
+        t5_folders.append((T5_FOLDER, "t5"))
         for r in res_list:
-            folders[f"vae{r}"] = ms_vae_folder(r) if multiscale else noflip_vae_folder(r)
-    if "sigma" in layouts:
-        folders["sigma_t5"] = SIGMA_T5_FOLDER
-        if alt:
-            folders["sigma_alt_t5"] = SIGMA_ALT_T5_FOLDER
+            if multiscale:
+                vae_targets[r].append((ms_vae_folder(r), "ms", np.float32))
+            if has_square:
+                vae_targets[r].append((noflip_vae_folder(r), "square", np.float32))
+    if sigma:
+        t5_folders.append((SIGMA_T5_FOLDER, "sigma"))
         for r in res_list:
-            folders[f"sigma_vae{r}"] = sigma_vae_folder(r)
-    for folder in folders.values():
+            if multiscale:
+                vae_targets[r].append((sigma_vae_folder(r), "ms", sigma_vae_dtype))
+            if has_square:
+                vae_targets[r].append((sigma_square_vae_folder(r), "square", sigma_vae_dtype))
+    folders += [f for f, _ in t5_folders]
+    if alt and sigma:
+        folders.append(SIGMA_ALT_T5_FOLDER)
+    folders += [f for r in res_list for f, _, _ in vae_targets[r]]
+    for folder in folders:
         io.makedirs(io.join(dest_url, folder))
 
     summary = ExportSummary(dest=dest_url)
-    summary.files = dict.fromkeys(folders.values(), 0)
+    summary.files = dict.fromkeys(folders, 0)
+    img_root = images_root(dest_url) if images else None
+    summary.images_root = img_root
+    if img_root is not None:
+        io.makedirs(img_root)
     entries: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     text_cols = [S.t5_column(field_, s) for s in ("", "_len", "_text")]
     alt_cols = [S.t5_column(alt, s) for s in ("", "_len", "_text")] if alt else []
     vae_cols = [S.vae_column(r, s) for r in res_list for s in ("", "_h", "_w")]
-    columns = ["key", "width", "height", *text_cols, *alt_cols, *vae_cols]
+    if square_cols:
+        vae_cols += [S.square_column(r) for r in res_list]
+    columns = ["key", "width", "height", *REF_COLUMNS, *text_cols, *alt_cols, *vae_cols]
 
     def write(url: str, data: bytes) -> None:
         # under a temporary name: a killed export leaves no truncated array for training to trip on
         io.write_bytes_atomic(url, data)
 
-    def t5_npz(blob: bytes, n: int) -> bytes:
-        feats = S.unpack_tensor(blob, (n, hidden), meta.text.dtype).astype(np.float32)  # type: ignore[union-attr]
-        if pad_to_max_length:
-            feats, mask = pad_features(feats, max_length)
-        else:
-            mask = np.ones(feats.shape[0], dtype=np.int64)
-        return _npz_bytes({"caption_feature": feats[None], "attention_mask": mask[None]}, compress)
+    def export_row(row: dict[str, Any], path: str, image: tuple[Any, bytes] | None) -> tuple[list[str], str]:
+        """Everything of one sample; the image first, so a sample whose image fails has no files."""
+        how = ""
+        if image is not None and img_root is not None:
+            ref, data = image
+            how = export_image(
+                ref,
+                data,
+                io.join(img_root, path),
+                size=(int(row["width"]), int(row["height"])),
+                link=link_images,
+            ).how
+        t5 = S.unpack_tensor(row[text_cols[0]], (row[text_cols[1]], hidden), meta.text.dtype)  # type: ignore[union-attr]
+        out: list[tuple[str, bytes]] = []
+        for folder, fmt in t5_folders:
+            out.append(
+                (io.join(folder, loader_name(path, ".npz")), formats[fmt].npz(t5, max_length, compress))
+            )
+        if alt and sigma and row[alt_cols[0]] is not None:
+            alt_t5 = S.unpack_tensor(row[alt_cols[0]], (row[alt_cols[1]], hidden), meta.text.dtype)  # type: ignore[union-attr]
+            out.append(
+                (
+                    io.join(SIGMA_ALT_T5_FOLDER, loader_name(path, ".npz")),
+                    formats["sigma"].npz(alt_t5, max_length, compress),
+                )
+            )
+        for r in res_list:
+            for folder, source, dtype in vae_targets[r]:
+                if source == "ms" or not multiscale:
+                    rh, rw = row[S.vae_column(r, "_h")], row[S.vae_column(r, "_w")]
+                    blob = row[S.vae_column(r)]
+                else:
+                    rh = rw = r
+                    blob = row[S.square_column(r)]
+                lat = S.unpack_tensor(blob, (c2, rh // 8, rw // 8), meta.image.dtype)  # type: ignore[union-attr]
+                out.append(
+                    (
+                        io.join(folder, loader_name(path, ".npy")),
+                        _npy_bytes(np.ascontiguousarray(lat, dtype=dtype)),
+                    )
+                )
+        for rel, data in out:
+            write(io.join(dest_url, rel), data)
+        return [posixpath.dirname(rel) if "/" in rel else os.path.dirname(rel) for rel, _ in out], how
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        pending: list[Any] = []
-        for url in fs.files:
-            pf = open_parquet(url)
-            for g in range(pf.num_row_groups):
-                rows = pf.read_row_group(g, columns=columns).to_pylist()
-                for row in rows:
-                    key = row["key"]
-                    h, w = int(row["height"]), int(row["width"])
-                    if h / w > max_ratio:
-                        summary.skipped.append((key, f"ratio {h / w:.3f} > {max_ratio:g} (PixArt drops it)"))
-                        continue
-                    missing = [
-                        c for c in (text_cols[0], *[S.vae_column(r) for r in res_list]) if row[c] is None
-                    ]
-                    if missing:
-                        summary.skipped.append((key, f"no {', '.join(missing)} (not encoded)"))
-                        continue
-                    path = image_path(key)
-                    if path in seen:
-                        raise ConfigError(
-                            "keys",
-                            key,
-                            "keys that stay distinct with '/' made '_'",
-                            hint=f"{seen[path]!r} too",
-                        )
-                    seen[path] = key
-                    entry = {
-                        "path": path,
-                        "prompt": row[text_cols[2]],
-                        "height": h,
-                        "width": w,
-                        "ratio": h / w,
-                        "key": key,
-                    }
-                    if alt:
-                        entry["sharegpt4v"] = row[alt_cols[2]] or ""
-                    entries.append(entry)
-                    npz = t5_npz(row[text_cols[0]], row[text_cols[1]])
-                    targets = [(folders[k], npz) for k in ("t5", "sigma_t5") if k in folders]
-                    if alt and "sigma_alt_t5" in folders and row[alt_cols[0]] is not None:
-                        targets.append((folders["sigma_alt_t5"], t5_npz(row[alt_cols[0]], row[alt_cols[1]])))
-                    for folder, data in targets:
-                        pending.append(
-                            pool.submit(write, io.join(dest_url, folder, loader_name(path, ".npz")), data)
-                        )
-                        summary.files[folder] += 1
-                    for r in res_list:
-                        rh, rw = row[S.vae_column(r, "_h")], row[S.vae_column(r, "_w")]
-                        lat = S.unpack_tensor(row[S.vae_column(r)], (c2, rh // 8, rw // 8), meta.image.dtype)
-                        npy = _npy_bytes(np.ascontiguousarray(lat, dtype=np.float32))
-                        for k in (f"vae{r}", f"sigma_vae{r}"):
-                            if k in folders:
-                                target = io.join(dest_url, folders[k], loader_name(path, ".npy"))
-                                pending.append(pool.submit(write, target, npy))
-                                summary.files[folders[k]] += 1
-                    summary.rows += 1
-                if len(pending) > 4 * max(1, workers) * 8:
-                    for fut in pending:
-                        fut.result()
-                    pending = []
-        for fut in pending:
-            fut.result()
+    opener = ImageOpener()
+    pending: list[tuple[dict[str, Any], Any]] = []
+
+    def settle() -> None:
+        for entry, fut in pending:
+            try:
+                written, how = fut.result()
+            except (DecodeError, ValueError) as e:
+                summary.skipped.append((entry["key"], f"image: {getattr(e, 'reason', e)}"))
+                del seen[entry["path"]]
+                continue
+            entries.append(entry)
+            for folder in written:
+                summary.files[folder] += 1
+            if how:
+                summary.images[how] = summary.images.get(how, 0) + 1
+            summary.rows += 1
+        pending.clear()
+
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for url in fs.files:
+                pf = open_parquet(url)
+                names = set(pf.schema_arrow.names)
+                cols = [c for c in columns if c in names or c not in REF_COLUMNS]
+                for g in range(pf.num_row_groups):
+                    rows = pf.read_row_group(g, columns=cols).to_pylist()
+                    for row in rows:
+                        key = row["key"]
+                        h, w = int(row["height"]), int(row["width"])
+                        if h / w > max_ratio:
+                            summary.skipped.append(
+                                (key, f"ratio {h / w:.3f} > {max_ratio:g} (PixArt drops it)")
+                            )
+                            continue
+                        need = [text_cols[0], *[S.vae_column(r) for r in res_list]]
+                        if square_cols:
+                            need += [S.square_column(r) for r in res_list]
+                        missing = [c for c in need if row[c] is None]
+                        if missing:
+                            summary.skipped.append((key, f"no {', '.join(missing)} (not encoded)"))
+                            continue
+                        path = image_path(key)
+                        if path in seen:
+                            raise ConfigError(
+                                "keys",
+                                key,
+                                "keys that stay distinct with '/' made '_'",
+                                hint=f"{seen[path]!r} too",
+                            )
+                        seen[path] = key
+                        image: tuple[Any, bytes] | None = None
+                        if img_root is not None:
+                            ref = ImageRef.from_columns(row)
+                            if ref is None:
+                                summary.skipped.append((key, "image: the features have no image reference"))
+                                continue
+                            try:
+                                image = (ref, opener.read(ref))
+                            except RefError as e:
+                                summary.skipped.append((key, f"image: {e.reason}"))
+                                continue
+                        entry = {
+                            "path": path,
+                            "prompt": row[text_cols[2]],
+                            "height": h,
+                            "width": w,
+                            "ratio": h / w,
+                            "key": key,
+                        }
+                        if alt:
+                            entry["sharegpt4v"] = row[alt_cols[2]] or ""
+                        pending.append((entry, pool.submit(export_row, row, path, image)))
+                    if len(pending) > 4 * max(1, workers) * 8:
+                        settle()
+            settle()
+    finally:
+        opener.close()
 
     text = json.dumps(entries, ensure_ascii=False)
     for u in info_urls:  # written last: a folder with data_info.json is complete
         io.write_text_atomic(u, text)
     summary.data_info = info_urls
-    summary.config_hint = {
-        "data": {
-            "type": "InternalDataMS" if multiscale else "InternalData",
-            "root": dest_url,
-            "image_list_json": [DATA_INFO],
-            "load_vae_feat": True,
-        },
-        "model_max_length": max_length,
-        "scale_factor": meta.image.scale_factor,
-        "multi_scale": multiscale,
-        "aspect_ratio_type": f"ASPECT_RATIO_{max(res_list)}" if multiscale else None,
-        "image_size": max(res_list),
-    }
+    real_prompt_ratio = SIGMA_REAL_PROMPT_RATIO if alt else 1.0
+    if sigma and not alt:
+        summary.warnings.append(
+            "no alternate caption (--alt-caption): PixArt-Σ's shipped configs set real_prompt_ratio=0.5, "
+            "which needs one ('sharegpt4v'); train with real_prompt_ratio=1.0, as the config hints say"
+        )
+    common = {"max_length": max_length, "scale_factor": meta.image.scale_factor}
+    hints: list[dict[str, Any]] = []
+    for pix_images in (False, True) if images else (False,):
+        for r in sorted(res_list, reverse=True):  # the largest first: config_hint
+            if "internal" in layouts and multiscale:
+                hints.append(
+                    _hint(
+                        f"PixArt_xl2_img{r}_internalms.py",
+                        "InternalDataMS",
+                        dest_url,
+                        r,
+                        multiscale=True,
+                        load_vae_feat=not pix_images,
+                        sigma=False,
+                        **common,
+                    )
+                )
+            if "internal" in layouts and has_square:
+                hints.append(
+                    _hint(
+                        f"PixArt_xl2_img{r}_internal.py",
+                        "InternalData",
+                        dest_url,
+                        r,
+                        multiscale=False,
+                        load_vae_feat=not pix_images,
+                        sigma=False,
+                        **common,
+                    )
+                )
+            if sigma and multiscale:
+                size = "2K" if r == 2048 else str(r)
+                kv = "_kvcompress" if r == 2048 else ""
+                hints.append(
+                    _hint(
+                        f"PixArt_sigma_xl2_img{size}_internalms{kv}.py",
+                        "InternalDataMSSigma",
+                        dest_url,
+                        r,
+                        multiscale=True,
+                        load_vae_feat=not pix_images,
+                        sigma=True,
+                        real_prompt_ratio=real_prompt_ratio,
+                        **common,
+                    )
+                )
+            if sigma and has_square:
+                hints.append(
+                    _hint(
+                        f"PixArt_sigma_xl2_img{r}_internal.py",
+                        "InternalDataSigma",
+                        dest_url,
+                        r,
+                        multiscale=False,
+                        load_vae_feat=not pix_images,
+                        sigma=True,
+                        real_prompt_ratio=real_prompt_ratio,
+                        **common,
+                    )
+                )
+    summary.config_hints = hints
+    summary.config_hint = hints[0] if hints else {}
     return summary
