@@ -10,10 +10,13 @@ What PixArt's loaders read (PixArt-alpha/PixArt-alpha and PixArt-alpha/PixArt-si
   α commits) or ``root/partition/`` (older ones), Σ ``InternalDataMS``/``InternalDataMSSigma`` in
   ``root/`` itself. We write the same file to all three places;
 - T5 features: ``root/caption_feature_wmask/NAME.npz`` with ``caption_feature`` (1, L, hidden)
-  float32 and ``attention_mask`` (1, L) int64, as PixArt's ``tools/extract_features.py`` saves them
+  float32 and ``attention_mask`` (1, L) int64, as PixArt-α's ``tools/extract_features.py`` saves them
   (``T5Embedder`` output ``.float()``, the tokenizer's int64 mask). α's ``InternalDataMS`` does not
   pad stored features to the training length (its ``InternalData`` does), so by default we write
-  them padded to ``max_length`` the way ``InternalData`` pads: the last real token repeated, mask 0;
+  them padded to ``max_length`` the way ``InternalData`` pads: the last real token repeated, mask 0.
+  The Σ folders hold float16 features with an int16 mask, as PixArt-Σ's extractor saves them
+  (``caption_emb.to(torch.float16)``, ``attention_mask.to(torch.int16)``), by default only the real
+  tokens: ``InternalDataSigma`` and ``InternalDataMSSigma`` both pad (and cast to float16);
 - VAE features: ``(2C, H/8, W/8)`` float32 ``.npy`` (mean then std; the loader does
   ``mean, std = torch.from_numpy(np.load(path)).chunk(2)``) in
   ``root/img_vae_fatures_{R}_multiscale/ms/NAME.npy`` for multi-scale training (the misspelling is
@@ -21,7 +24,12 @@ What PixArt's loaders read (PixArt-alpha/PixArt-alpha and PixArt-alpha/PixArt-si
   (square) features;
 - ``layouts=("internal", "sigma")`` also writes what PixArt-Σ's ``InternalDataMSSigma`` reads:
   ``caption_features_new/``, ``sharegpt4v_caption_features_new/`` (the alternative caption) and
-  ``img_sdxl_vae_features_{R}resolution_ms_new/``.
+  ``img_sdxl_vae_features_{R}resolution_ms_new/``, and ``InternalDataSigma``'s square latents in
+  ``img_sdxl_vae_features_{R}resolution_new/`` (no ``noflip``), float16 as Σ's extractor stores them;
+- square latents (``noflip`` and ``..._new``) come from the ``vae_R_square`` columns of
+  ``recaption encode --square``, or from the main columns of single-scale features;
+- images (``images=True``): ``root.replace('InternData', 'InternImgs')/PATH``, every loader's rule
+  (:mod:`recaption.pixart.images`).
 
 The file name rule: every loader derives ``NAME`` from ``item['path']``; α's rule is
 ``'_'.join(path.rsplit('/', 1)).replace('.png', EXT)`` (only the *last* ``/`` and only ``.png``), Σ's
@@ -29,8 +37,8 @@ also replaces ``.jpg``/``.webp``/``.jpeg``, and ``InternalDataSigma`` keeps only
 ``path`` is ``KEY.png`` with every ``/`` of the key made ``_``: flat, ending in ``.png``, and every one
 of those rules then gives the same ``NAME`` = ``KEY.npz``/``KEY.npy`` (:func:`loader_name`); an
 extension inside a key (``cat.jpg``) is written ``cat_jpg``, since Σ's rule would replace it too. The
-``.png`` is nominal: images are not exported (training reads latents; ``load_vae_feat=True``). Keys
-that collide after these changes are refused.
+``.png`` is the name of the exported image (``images=True``; a linked JPEG keeps its bytes, PIL
+opens it by content). Keys that collide after these changes are refused.
 """
 
 from __future__ import annotations
