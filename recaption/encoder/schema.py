@@ -1,7 +1,7 @@
 """The feature-shard schema: one parquet row per image, tensors as raw bytes, shapes in columns.
 
 Columns (``F`` = an encoded caption field such as ``dense`` or ``raw``; ``R`` = a resolution among
-256, 512, 1024, 2048):
+256, 512, 1024, 2048, 2880):
 
 =============================  ==========================  ==========================================
 column                         arrow type                  meaning
@@ -673,6 +673,14 @@ def _deep_check(table: Any, meta: FeatureMetadata, limit: int = 20) -> list[str]
                 crop = cols["_crop"][i]
                 if crop is None or crop[2:] != [h, w]:
                     problems.append(f"{where}: crop {crop} does not have the bucket's size {h}x{w}")
+                if meta.image.square:
+                    sq = table.column(square_column(r))[i]
+                    want_sq = c2 * (r // VAE_DOWNSAMPLE) ** 2 * item
+                    if sq.is_valid and len(sq.as_py()) != want_sq:
+                        problems.append(
+                            f"{where}: {square_column(r)} has {len(sq.as_py())} bytes, "
+                            f"(2C={c2}, {r}/8, {r}/8) needs {want_sq}"
+                        )
                 if len(problems) >= limit:
                     return problems
     return problems

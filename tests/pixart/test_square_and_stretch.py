@@ -66,6 +66,13 @@ def test_square_columns_in_the_schema_round_trip(tiny_vae_dir: str) -> None:
     assert back.shape == (8, 64, 64)
     with pytest.raises(S.FeatureSchemaError, match="vae_256_square"):
         S.validate(table.drop_columns([S.square_column(256)]))
+    short = table.set_column(
+        table.schema.get_field_index(S.square_column(256)),
+        S.square_column(256),
+        pa.array([b"\0" * 10], type=pa.binary()),
+    )
+    with pytest.raises(S.FeatureSchemaError, match="vae_256_square has 10 bytes"):
+        S.validate(short, deep=True)
     # files written before these options read as crop, without square columns
     old = json.loads(meta.to_json())
     del old["image"]["square"], old["image"]["resize"]
