@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import io as _io
 import json
-import os
-import posixpath
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,7 +55,7 @@ import numpy as np
 from recaption import io
 from recaption.encoder import schema as S
 from recaption.errors import ConfigError
-from recaption.images.decode import DecodeError
+from recaption.images.decode import DEFAULT_MAX_PIXELS, DecodeError
 from recaption.pixart.features import FeatureSet, open_parquet
 from recaption.readers.base import REF_COLUMNS
 
@@ -244,6 +242,7 @@ def export_pixart(
     compress: bool = False,
     images: bool = False,
     link_images: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_ratio: float | None = None,
     overwrite: bool = False,
     workers: int = 8,
@@ -259,8 +258,9 @@ def export_pixart(
     ``compress``: ``np.savez_compressed`` as PixArt's extractors (slower; same arrays).
     ``images``: also each sample's image where the loaders read it with ``load_vae_feat=False``
     (:mod:`recaption.pixart.images`; ``link_images``: hard/symbolic links where that gives the
-    same pixels). Square (single-scale) latents are written where the features have them
-    (``recaption encode --square``, or single-scale features).
+    same pixels; ``max_pixels``: the pixel cap the encode stage used). Square (single-scale)
+    latents are written where the features have them (``recaption encode --square``, or
+    single-scale features).
     ``max_ratio``: entries with a larger height/width are left out, as PixArt's loaders drop them
     (default: the rule the features were encoded with, 4 for α and 4.5 for Σ).
     Files mixing presets are refused (:class:`~recaption.encoder.schema.MixedFeaturesError`).
@@ -353,7 +353,8 @@ def export_pixart(
         io.write_bytes_atomic(url, data)
 
     def export_row(row: dict[str, Any], path: str, image: tuple[Any, bytes] | None) -> tuple[list[str], str]:
-        """Everything of one sample; the image first, so a sample whose image fails has no files."""
+        """Everything of one sample; the image first, so a sample whose image fails has no files.
+        Returns the folders written to and how the image was exported."""
         how = ""
         if image is not None and img_root is not None:
             ref, data = image
@@ -363,21 +364,16 @@ def export_pixart(
                 io.join(img_root, path),
                 size=(int(row["width"]), int(row["height"])),
                 link=link_images,
+                max_pixels=max_pixels,
             ).how
         t5 = S.unpack_tensor(row[text_cols[0]], (row[text_cols[1]], hidden), meta.text.dtype)  # type: ignore[union-attr]
-        out: list[tuple[str, bytes]] = []
+        out: list[tuple[str, str, bytes]] = []  # (folder, file name, bytes)
+        npz_name, npy_name = loader_name(path, ".npz"), loader_name(path, ".npy")
         for folder, fmt in t5_folders:
-            out.append(
-                (io.join(folder, loader_name(path, ".npz")), formats[fmt].npz(t5, max_length, compress))
-            )
+            out.append((folder, npz_name, formats[fmt].npz(t5, max_length, compress)))
         if alt and sigma and row[alt_cols[0]] is not None:
             alt_t5 = S.unpack_tensor(row[alt_cols[0]], (row[alt_cols[1]], hidden), meta.text.dtype)  # type: ignore[union-attr]
-            out.append(
-                (
-                    io.join(SIGMA_ALT_T5_FOLDER, loader_name(path, ".npz")),
-                    formats["sigma"].npz(alt_t5, max_length, compress),
-                )
-            )
+            out.append((SIGMA_ALT_T5_FOLDER, npz_name, formats["sigma"].npz(alt_t5, max_length, compress)))
         for r in res_list:
             for folder, source, dtype in vae_targets[r]:
                 if source == "ms" or not multiscale:
@@ -387,15 +383,10 @@ def export_pixart(
                     rh = rw = r
                     blob = row[S.square_column(r)]
                 lat = S.unpack_tensor(blob, (c2, rh // 8, rw // 8), meta.image.dtype)  # type: ignore[union-attr]
-                out.append(
-                    (
-                        io.join(folder, loader_name(path, ".npy")),
-                        _npy_bytes(np.ascontiguousarray(lat, dtype=dtype)),
-                    )
-                )
-        for rel, data in out:
-            write(io.join(dest_url, rel), data)
-        return [posixpath.dirname(rel) if "/" in rel else os.path.dirname(rel) for rel, _ in out], how
+                out.append((folder, npy_name, _npy_bytes(np.ascontiguousarray(lat, dtype=dtype))))
+        for folder, name, data in out:
+            write(io.join(dest_url, folder, name), data)
+        return [folder for folder, _, _ in out], how
 
     opener = ImageOpener()
     pending: list[tuple[dict[str, Any], Any]] = []
@@ -404,8 +395,12 @@ def export_pixart(
         for entry, fut in pending:
             try:
                 written, how = fut.result()
-            except (DecodeError, ValueError) as e:
-                summary.skipped.append((entry["key"], f"image: {getattr(e, 'reason', e)}"))
+            except DecodeError as e:
+                summary.skipped.append((entry["key"], f"image: {e.reason}"))
+                del seen[entry["path"]]
+                continue
+            except ValueError as e:  # an image that changed since, T5 values beyond float16
+                summary.skipped.append((entry["key"], str(e)))
                 del seen[entry["path"]]
                 continue
             entries.append(entry)

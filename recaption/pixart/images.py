@@ -105,7 +105,7 @@ def export_image(
     decoded = decode_image(data, max_pixels=max_pixels)
     if (decoded.width, decoded.height) != tuple(size):
         raise ValueError(
-            f"the image is {decoded.width}x{decoded.height} now, {size[0]}x{size[1]} when it was "
+            f"image: it is {decoded.width}x{decoded.height} now, {size[0]}x{size[1]} when it was "
             "encoded: it changed since, and its features no longer match it"
         )
     parent = os.path.dirname(dst) if "://" not in dst else None

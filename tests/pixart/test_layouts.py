@@ -409,3 +409,39 @@ def test_cli_export_flags_and_one_line_warning(sigma_features, tmp_path) -> None
         import zipfile
 
         assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in zipfile.ZipFile(f).infolist())
+
+
+def test_a_sample_whose_image_cannot_be_exported_is_skipped_with_its_reason(tmp_path, encoder) -> None:
+    """Bad input never kills the export: a missing, corrupt or changed image leaves its sample out
+    (no files, not in data_info.json) with a reason; the others are exported."""
+    from .conftest import SIZES, write_features
+
+    feats = write_features(tmp_path / "f", encoder, shards=[[0, 1, 2, 3]])
+    url = feats.files[0]
+    table = pq.read_table(url)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    uris = []
+    for i, key in enumerate(feats.keys[:4]):
+        w, h = SIZES[i]
+        path = imgs / f"{key}.jpg"
+        if i == 0:
+            path.write_bytes(image_bytes(w, h, seed=i))  # good
+        elif i == 1:
+            path.write_bytes(image_bytes(w + 10, h, seed=i))  # changed since it was encoded
+        elif i == 2:
+            path.write_bytes(b"not an image")  # corrupt
+        uris.append(str(path))  # i == 3: missing
+    table = table.set_column(table.schema.get_field_index("image_uri"), "image_uri", pa.array(uris))
+    S.write_feature_table(url, table)
+    dest = tmp_path / "InternData"
+    summary = export_pixart(feats.url, str(dest), images=True, resolutions=[256])
+    assert summary.rows == 1
+    reasons = dict(summary.skipped)
+    assert set(reasons) == set(feats.keys[1:4])
+    assert "310x400 now, 300x400 when it was encoded" in reasons[feats.keys[1]]
+    assert reasons[feats.keys[2]].startswith("image: ")
+    assert "no longer exists" in reasons[feats.keys[3]]
+    assert [it["key"] for it in P.load_json(dest / "data_info.json")] == feats.keys[:1]
+    assert sorted(os.listdir(dest / "caption_feature_wmask")) == [f"{feats.keys[0]}.npz"]
+    assert summary.images == {"linked": 1}
