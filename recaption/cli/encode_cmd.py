@@ -173,6 +173,7 @@ def export_pixart_command(
                 f"  {hint['pixart_config']}: " + ", ".join(f"{k}={v!r}" for k, v in settings.items()),
                 markup=False,
                 highlight=False,
+                soft_wrap=True,
             )
         for line in d["warnings"]:
-            c.print(f"[yellow]warning[/]: {line}")
+            c.print(f"[yellow]warning[/]: {line}", soft_wrap=True)
