@@ -53,6 +53,8 @@ ENCODE_VALUES: dict[str, Any] = {
     "t5_hidden_size": 32,
     "vae_model": "vae-folder",
     "resolutions": [256],
+    "square": True,
+    "vae_resize": "stretch",
     "device": "cpu",
     "store_dtype": "bfloat16",
     "batch_rows": 8,
