@@ -14,52 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from recaption import io
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """Where an image's bytes live: a file URL, and for containers a member and a byte range.
-
-    - plain file: ``uri`` only;
-    - tar member: ``uri`` of the tar, ``member`` its name, ``offset``/``length`` the byte range
-      of its data (so reopening is one ranged read, also on object stores);
-    - parquet row: ``uri`` of the parquet file, ``member`` = ``"row:<i>:<column>"``.
-    """
-
-    uri: str
-    member: str = ""
-    offset: int = -1
-    length: int = -1
-
-    def read(self) -> bytes:
-        """The image bytes (no caching; use :class:`recaption.readers.refs.ImageOpener` in loops)."""
-        from recaption.readers.refs import read_ref
-
-        return read_ref(self)
-
-    def describe(self) -> str:
-        return f"{self.uri}::{self.member}" if self.member else self.uri
-
-    def to_columns(self) -> dict[str, Any]:
-        return {
-            "image_uri": self.uri,
-            "image_member": self.member,
-            "image_offset": self.offset,
-            "image_length": self.length,
-        }
-
-    @classmethod
-    def from_columns(cls, row: dict[str, Any]) -> ImageRef | None:
-        uri = row.get("image_uri")
-        if not uri:
-            return None
-        return cls(
-            uri=str(uri),
-            member=str(row.get("image_member") or ""),
-            offset=int(row.get("image_offset", -1) if row.get("image_offset") is not None else -1),
-            length=int(row.get("image_length", -1) if row.get("image_length") is not None else -1),
-        )
-
+from recaption.readers.refs import ImageRef
 
 REF_COLUMNS = ("image_uri", "image_member", "image_offset", "image_length")
 

@@ -1,4 +1,4 @@
-"""Reopening images from their :class:`~recaption.readers.base.ImageRef`.
+"""Image references (:class:`ImageRef`) and reopening images from them.
 
 A later stage (encode) reopens each image where the reader found it. Tar members with a known
 byte range are one ranged read; parquet rows are read per file and cached, since a caption shard
@@ -19,10 +19,53 @@ import threading
 import weakref
 import zlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from recaption import io
-from recaption.readers.base import ImageRef
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where an image's bytes live: a file URL, and for containers a member and a byte range.
+
+    - plain file: ``uri`` only;
+    - tar member: ``uri`` of the tar, ``member`` its name, ``offset``/``length`` the byte range
+      of its data (so reopening is one ranged read, also on object stores);
+    - parquet row: ``uri`` of the parquet file, ``member`` = ``"row:<i>:<column>"``.
+    """
+
+    uri: str
+    member: str = ""
+    offset: int = -1
+    length: int = -1
+
+    def read(self) -> bytes:
+        """The image bytes (no caching; use :class:`recaption.readers.refs.ImageOpener` in loops)."""
+        return read_ref(self)
+
+    def describe(self) -> str:
+        return f"{self.uri}::{self.member}" if self.member else self.uri
+
+    def to_columns(self) -> dict[str, Any]:
+        return {
+            "image_uri": self.uri,
+            "image_member": self.member,
+            "image_offset": self.offset,
+            "image_length": self.length,
+        }
+
+    @classmethod
+    def from_columns(cls, row: dict[str, Any]) -> ImageRef | None:
+        uri = row.get("image_uri")
+        if not uri:
+            return None
+        return cls(
+            uri=str(uri),
+            member=str(row.get("image_member") or ""),
+            offset=int(row.get("image_offset", -1) if row.get("image_offset") is not None else -1),
+            length=int(row.get("image_length", -1) if row.get("image_length") is not None else -1),
+        )
 
 
 class RefError(Exception):
