@@ -8,6 +8,9 @@ from recaption.cli.app import app, handle_errors
 from recaption.cli.options import run_options, source_options
 
 
+FAILURES_LISTED = 50  # manifest rows listed by --json (the manifest itself has them all)
+
+
 @app.command("index")
 @handle_errors
 def index_command(
@@ -37,6 +40,22 @@ def index_command(
         executor=executor,
         ray=RayOptions(address=ray_address, num_workers=workers),
     )
+    if as_json:
+        # the summary groups reasons by category (digits masked, details dropped); the JSON also
+        # lists the manifest's first rows with their reasons as written, which is what one acts on
+        from recaption.cli.app import print_json
+        from recaption.shards.manifest import read_failures
+
+        report = summary.to_dict()
+        rows = read_failures(output).head(FAILURES_LISTED)
+        report["failures"] = [
+            {k: (int(v) if k == "shard" else str(v)) for k, v in row.items()}
+            for row in rows.to_dict("records")
+        ]
+        print_json(report)
+        if not summary.ok:
+            raise typer.Exit(1)
+        return
     from recaption.cli.summary import report_run
 
     report_run(summary, as_json)

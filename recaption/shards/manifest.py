@@ -14,13 +14,19 @@ FAILURE_COLUMNS = ("key", "stage", "severity", "reason", "uri", "member", "shard
 
 def reason_category(reason: str) -> str:
     """A short grouping label for a reason: its text before the first colon, without quoted
-    names, parenthesised details or numbers (``"duplicate key 'a': ..."`` → ``"duplicate key"``)."""
+    names, parenthesised details or numbers (``"duplicate key 'a': ..."`` → ``"duplicate key"``).
+
+    For grouping and counting only: what a person reads is the reason itself (the manifest,
+    ``inspect``'s failure list). Details go before the colon is looked for, so a colon inside
+    them (``"(byte 3: b'\\xff')"``) does not cut the label short, and only free-standing
+    numbers are masked, so names such as ``UTF-8`` stay whole."""
     import re
 
-    head = reason.split(": ", 1)[0]
-    head = re.sub(r"'[^']*'|\"[^\"]*\"|\([^)]*\)", "", head)
-    head = re.sub(r"\d+(\.\d+)?", "N", head)
-    return re.sub(r"\s+", " ", head).strip(" ;,.") or "unknown"
+    head = re.sub(r"'[^']*'|\"[^\"]*\"|\([^)]*\)", "", reason)
+    head = head.split(": ", 1)[0]
+    head = re.sub(r"(?<![\w.-])\d+(\.\d+)?(?![\w-])", "N", head)
+    head = re.sub(r"\s+([;,])", r"\1", re.sub(r"\s+", " ", head))
+    return head.strip(" ;,.") or "unknown"
 
 
 def failure_schema() -> Any:
