@@ -52,6 +52,7 @@ def caption_command(
     shard_size: int | None = source_options.shard_size,
     captions_dir: str | None = source_options.captions_dir,
     text_column: str | None = source_options.text_column,
+    image_column: str | None = source_options.image_column,
     executor: str = typer.Option(
         "ray",
         "--executor",
@@ -88,7 +89,12 @@ def caption_command(
         flags={"sample": "--sample/--greedy", "compile": "--compile/--no-compile"},
     )
     src = open_source(
-        source, kind=kind, shard_size=shard_size, captions_dir=captions_dir, text_column=text_column
+        source,
+        kind=kind,
+        shard_size=shard_size,
+        captions_dir=captions_dir,
+        text_column=text_column,
+        image_column=image_column,
     )
     stage = caption_stage(section, src)
     summary = run_stage(

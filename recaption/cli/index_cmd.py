@@ -7,7 +7,6 @@ import typer
 from recaption.cli.app import app, handle_errors
 from recaption.cli.options import run_options, source_options
 
-
 FAILURES_LISTED = 50  # manifest rows listed by --json (the manifest itself has them all)
 
 
@@ -20,6 +19,7 @@ def index_command(
     shard_size: int | None = source_options.shard_size,
     captions_dir: str | None = source_options.captions_dir,
     text_column: str | None = source_options.text_column,
+    image_column: str | None = source_options.image_column,
     max_pixels: int = source_options.max_pixels,
     executor: str = run_options.executor,
     ray_address: str | None = run_options.ray_address,
@@ -32,7 +32,12 @@ def index_command(
     from recaption.runner import RayOptions, run_stage
 
     src = open_source(
-        source, kind=kind, shard_size=shard_size, captions_dir=captions_dir, text_column=text_column
+        source,
+        kind=kind,
+        shard_size=shard_size,
+        captions_dir=captions_dir,
+        text_column=text_column,
+        image_column=image_column,
     )
     summary = run_stage(
         IndexStage(source=src, max_pixels=max_pixels),

@@ -20,6 +20,7 @@ def inspect_command(
     shard_size: int | None = source_options.shard_size,
     captions_dir: str | None = source_options.captions_dir,
     text_column: str | None = source_options.text_column,
+    image_column: str | None = source_options.image_column,
     max_pixels: int = source_options.max_pixels,
     limit: int | None = typer.Option(None, "--limit", "-n", help="Read at most this many samples."),
     no_decode: bool = typer.Option(
@@ -32,7 +33,12 @@ def inspect_command(
     from recaption.readers import open_source
 
     src = open_source(
-        source, kind=kind, shard_size=shard_size, captions_dir=captions_dir, text_column=text_column
+        source,
+        kind=kind,
+        shard_size=shard_size,
+        captions_dir=captions_dir,
+        text_column=text_column,
+        image_column=image_column,
     )
     report = inspect_source(src, InspectOptions(limit=limit, decode=not no_decode, max_pixels=max_pixels))
     if as_json:

@@ -19,6 +19,11 @@ source_options = SimpleNamespace(
     text_column=typer.Option(
         None, "--text-column", help="Tables: the caption column (default: caption/txt/TEXT/text)."
     ),
+    image_column=typer.Option(
+        None,
+        "--image-column",
+        help="Tables: the column of image bytes (default: a binary jpg/png/webp/image/img/bytes column).",
+    ),
     max_pixels=typer.Option(
         64 * 1024 * 1024,
         "--max-pixels",

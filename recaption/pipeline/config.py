@@ -36,6 +36,7 @@ class SourceConfig(_Strict):
     )
     captions_dir: str | None = Field(None, description="SAM: a folder of sa_<id>.txt raw captions.")
     text_column: str | None = Field(None, description="Tables: the raw caption column.")
+    image_column: str | None = Field(None, description="Tables: the column of image bytes.")
 
 
 class CaptionConfig(_Strict):

@@ -82,6 +82,7 @@ def plan(cfg: PipelineConfig) -> Plan:
             shard_size=cfg.source.shard_size,
             captions_dir=cfg.source.captions_dir,
             text_column=cfg.source.text_column,
+            image_column=cfg.source.image_column,
         )
         with build.in_section("caption"):
             stage = build.caption_stage(c, src)

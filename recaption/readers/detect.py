@@ -90,7 +90,8 @@ def _table_source(
             "no column of image bytes",
             [
                 f"a binary column named one of "
-                f"{', '.join(IMAGE_CANDIDATES)} (or pass --image-column); columns: {', '.join(names)}"
+                f"{', '.join(IMAGE_CANDIDATES)} (or name it: --image-column, source.image_column in a "
+                f"pipeline file); columns: {', '.join(names)}"
             ],
         )
     text = pick_column(names, text_column, TEXT_CANDIDATES, "caption", files[0], required=img_col is None)

@@ -15,7 +15,10 @@ runner = CliRunner()
 
 
 def test_reason_categories_keep_names_and_details_whole():
-    reason = "caption file 'a.txt' is not valid UTF-8 (byte 3: b'\\xff'); decoded with U+FFFD replacement characters"
+    reason = (
+        "caption file 'a.txt' is not valid UTF-8 (byte 3: b'\\xff'); "
+        "decoded with U+FFFD replacement characters"
+    )
     assert (
         reason_category(reason)
         == "caption file is not valid UTF-8; decoded with U+FFFD replacement characters"
@@ -38,3 +41,34 @@ def test_index_json_lists_the_real_reasons(tmp_path: Path):
     (row,) = report["failures"]
     assert row["key"] == "a" and row["severity"] == "warning"
     assert "not valid UTF-8 (byte 3: b'\\xe9')" in row["reason"]
+
+
+def test_the_image_column_advice_names_an_option_that_works(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pics = [image_bytes(48, 40, seed=i, fmt="PNG") for i in range(3)]
+    pq.write_table(
+        pa.table({"pixels": pa.array(pics, pa.binary()), "caption": ["a", "b", "c"]}), tmp_path / "t.parquet"
+    )
+    r = runner.invoke(app, ["inspect", str(tmp_path / "t.parquet"), "--kind", "parquet", "--json"])
+    assert r.exit_code != 0
+    assert "--image-column" in r.output and "source.image_column" in r.output
+    r = runner.invoke(app, ["inspect", str(tmp_path / "t.parquet"), "--image-column", "pixels", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert (report["kind"], report["samples_ok"], report["images"]["width"]["max"]) == ("parquet", 3, 48.0)
+    from recaption.pipeline.config import SourceConfig
+
+    assert SourceConfig(path="x", image_column="pixels").image_column == "pixels"
+
+
+def test_every_source_setting_has_its_flag_where_a_source_is_opened():
+    import typer.main
+
+    from recaption.pipeline.config import SourceConfig
+
+    fields = set(SourceConfig.model_fields) - {"path"}  # the SOURCE argument
+    for command in ("inspect", "index", "caption"):
+        params = {p.name for p in typer.main.get_command(app).commands[command].params}  # type: ignore[attr-defined]
+        assert fields <= params, f"{command} lacks {fields - params}"
