@@ -17,6 +17,7 @@ from recaption import io
 from recaption.errors import ConfigError, SourceError
 from recaption.readers.base import Source
 from recaption.readers.folder import FolderSource
+from recaption.readers.rows import is_table_name
 from recaption.readers.sam import SAM_KEY, SAM_TAR, SamSource, natural_key
 from recaption.readers.table import (
     IMAGE_CANDIDATES,
@@ -25,7 +26,6 @@ from recaption.readers.table import (
     is_image_type,
     pick_column,
     read_schema_names,
-    table_format,
 )
 from recaption.readers.tar import IMAGE_EXTENSIONS, split_key
 from recaption.readers.webdataset import WebDatasetSource
@@ -84,6 +84,13 @@ def _table_source(
         img_col = next((c for c in IMAGE_CANDIDATES if c in names and is_image_type(types[c])), None)
     if image_column and image_column not in names:
         pick_column(names, image_column, IMAGE_CANDIDATES, "image", files[0], True)
+    if image_column and not files[0].lower().endswith((".parquet", ".pq")):
+        raise ConfigError(
+            "--image-column",
+            image_column,
+            "parquet tables only",
+            hint=f"{files[0]} holds text, not image bytes",
+        )
     if kind == "parquet" and img_col is None:
         raise SourceError(
             files[0],
@@ -178,7 +185,7 @@ def _pick(
     shard_size: int | None,
 ) -> Source:
     tars = sorted((f for f in files if _is_tar(f)), key=natural_key)
-    tables = sorted(f for f in files if table_format(f) and not f.endswith("_stats.json"))
+    tables = sorted(f for f in files if is_table_name(f) and not f.endswith("_stats.json"))
     images = [f for f in files if _ext(f) in IMAGE_EXTENSIONS]
     texts = [f for f in files if _ext(f) == "txt"]
 

@@ -1,8 +1,10 @@
 """Tables: img2dataset's parquet output (image bytes in a ``jpg`` column), LAION metadata parquet
 (``URL``/``TEXT``, no images: enough for noun statistics), and JSON lines / CSV caption files.
 
-Shard i is a file, or a row range of one when ``shard_size`` splits large files. Row ranges are
-read by row group, so a shard of a large file does not read the whole file.
+Shard i is a row range of a file: ``shard_size`` rows (default :data:`DEFAULT_TABLE_SHARD_ROWS`).
+Rows are read in batches (parquet) or line by line (JSON lines, CSV, see :mod:`~recaption.readers.rows`),
+so memory is bounded by a batch, and a line that does not parse is a manifest row naming the file
+and the line while the other lines are read.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from recaption import io
-from recaption.errors import MissingColumnsError
+from recaption.errors import MissingColumnsError, SourceError
 from recaption.readers.base import (
     Failure,
     ImageRef,
@@ -25,8 +26,13 @@ from recaption.readers.base import (
     shard_failure,
 )
 from recaption.readers.common import KeyTracker, json_safe
+from recaption.readers.rows import BadRow, TableUnreadable, count_rows, iter_rows, read_schema
 
 STAGE = "read"
+# Rows per input shard of a table unless --shard-size says otherwise: a shard's rows are what a
+# worker holds at once, so a 200,000-row table needs no more memory than a 10,000-row one, and
+# several workers share one big file.
+DEFAULT_TABLE_SHARD_ROWS = 10_000
 TEXT_CANDIDATES = ("caption", "txt", "TEXT", "text", "prompt", "Caption")
 IMAGE_CANDIDATES = ("jpg", "jpeg", "png", "webp", "image", "img", "image_bytes", "bytes")
 # Columns with image bytes, statuses or large blobs are not copied into sample metadata.
@@ -47,81 +53,12 @@ _META_KEEP = (
 )
 
 
-def table_format(uri: str) -> str:
-    name = uri.lower()
-    if name.endswith(".parquet") or name.endswith(".pq"):
-        return "parquet"
-    if name.endswith(".jsonl") or name.endswith(".json") or name.endswith(".ndjson"):
-        return "jsonl"
-    if name.endswith(".csv") or name.endswith(".tsv"):
-        return "csv"
-    return ""
-
-
 def read_schema_names(uri: str) -> tuple[list[str], dict[str, Any]]:
-    """Column names and arrow types of a table file (reads only the footer for parquet)."""
-    import pyarrow.parquet as pq
-
-    fmt = table_format(uri)
-    if fmt == "parquet":
-        with io.open_file(uri, "rb") as f:
-            schema = pq.ParquetFile(f).schema_arrow
-    else:
-        schema = _read_full(uri, None).schema
-    return list(schema.names), {n: schema.field(n).type for n in schema.names}
-
-
-def _read_full(uri: str, columns: list[str] | None) -> Any:
-    import pyarrow.csv as pcsv
-    import pyarrow.json as pjson
-    import pyarrow.parquet as pq
-
-    fmt = table_format(uri)
-    with io.open_file(uri, "rb") as f:
-        if fmt == "parquet":
-            return pq.read_table(f, columns=columns)
-        if fmt == "jsonl":
-            t = pjson.read_json(f)
-        else:
-            opts = pcsv.ParseOptions(delimiter="\t" if uri.lower().endswith(".tsv") else ",")
-            t = pcsv.read_csv(f, parse_options=opts)
-    return t.select(columns) if columns else t
-
-
-def count_rows(uri: str) -> int:
-    import pyarrow.parquet as pq
-
-    if table_format(uri) == "parquet":
-        with io.open_file(uri, "rb") as f:
-            return int(pq.ParquetFile(f).metadata.num_rows)
-    return int(_read_full(uri, None).num_rows)
-
-
-def read_rows(uri: str, columns: list[str], start: int, stop: int | None) -> Any:
-    """Rows ``[start, stop)`` of a table, reading only the parquet row groups that overlap."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if table_format(uri) != "parquet":
-        t = _read_full(uri, columns)
-        return t.slice(start, (stop if stop is not None else t.num_rows) - start)
-    with io.open_file(uri, "rb") as f:
-        pf = pq.ParquetFile(f)
-        md = pf.metadata
-        stop = md.num_rows if stop is None else stop
-        groups, first_row, row = [], None, 0
-        for g in range(md.num_row_groups):
-            n = md.row_group(g).num_rows
-            if row + n > start and row < stop:
-                groups.append(g)
-                if first_row is None:
-                    first_row = row
-            row += n
-        if not groups:
-            return pa.table({c: pa.array([], type=pf.schema_arrow.field(c).type) for c in columns})
-        t = pf.read_row_groups(groups, columns=columns)
-    assert first_row is not None
-    return t.slice(start - first_row, stop - start)
+    """Column names and arrow types of a table file; a file that is not one fails naming why."""
+    try:
+        return read_schema(uri)
+    except TableUnreadable as e:
+        raise SourceError(uri, f"cannot be read as a table: {e.reason}") from None
 
 
 def pick_column(
@@ -171,16 +108,17 @@ class TableSource(Source):
 
     def shards(self) -> list[InputShard]:
         out: list[InputShard] = []
+        size = self.shard_size or DEFAULT_TABLE_SHARD_ROWS
         for uri in self.files:
-            if not self.shard_size:
+            try:
+                n = count_rows(uri)
+            except (TableUnreadable, OSError, ValueError):
+                # one shard for the whole file: reading it says why it cannot be read
                 out.append(InputShard(index=len(out), uri=uri, kind=self.kind))
                 continue
-            n = count_rows(uri)
-            for s in range(0, max(n, 1), self.shard_size):
+            for s in range(0, max(n, 1), size):
                 out.append(
-                    InputShard(
-                        index=len(out), uri=uri, start=s, stop=min(n, s + self.shard_size), kind=self.kind
-                    )
+                    InputShard(index=len(out), uri=uri, start=s, stop=min(n, s + size), kind=self.kind)
                 )
         return out
 
@@ -194,8 +132,23 @@ class TableSource(Source):
         if missing:
             yield missing
             return
+        name = posixpath.basename(shard.uri)
+        stem = name.split(".", 1)[0]
+        keys = KeyTracker()
+        n_good = 0
+        bad: list[BadRow] = []  # held until a good row shows the file is readable as its format
+
+        def bad_failure(b: BadRow) -> Failure:
+            return Failure(
+                key=f"{stem}/{b.row:09d}",
+                stage=STAGE,
+                reason=f"{name}, {b.reason}",
+                uri=shard.uri,
+                member=f"line:{b.line}" if b.line else f"row:{b.row}",
+            )
+
         try:
-            names, _ = read_schema_names(shard.uri)
+            names, _ = read_schema(shard.uri)
             cols = self._columns(names)
             absent = [
                 c for c in (self.text_column, self.image_column, self.key_column) if c and c not in names
@@ -205,60 +158,77 @@ class TableSource(Source):
                     shard, STAGE, f"shard lacks column(s) {', '.join(absent)}; it has {', '.join(names)}"
                 )
                 return
-            table = read_rows(shard.uri, cols, shard.start, shard.stop)
-        except Exception as e:
-            yield shard_failure(shard, STAGE, f"cannot read table shard: {type(e).__name__}: {e}")
-            return
-        stem = posixpath.basename(shard.uri).split(".", 1)[0]
-        keys = KeyTracker()
-        data = table.to_pydict()
-        n_rows = table.num_rows
-        for i in range(n_rows):
-            row = shard.start + i
-            key = (
-                str(data[self.key_column][i])
-                if self.key_column and data[self.key_column][i] is not None
-                else f"{stem}/{row:09d}"
-            )
-            ref = None
-            img: bytes | None = None
-            if self.image_column:
-                ref = ImageRef(uri=shard.uri, member=f"row:{row}:{self.image_column}")
-                value = data[self.image_column][i]
-                if isinstance(value, dict):
-                    value = value.get("bytes")
-                if not value:
-                    status = data.get("status", [None] * n_rows)[i]
-                    err = data.get("error_message", [None] * n_rows)[i]
-                    why = f"no image bytes in row {row}"
-                    if status and status != "success":
-                        why += f" (img2dataset status {status!r}: {err or 'no message'})"
-                    yield Failure(key=key, stage=STAGE, reason=why, uri=shard.uri, member=ref.member)
+            for item in iter_rows(shard.uri, cols, shard.start, shard.stop):
+                if isinstance(item, BadRow):
+                    if n_good:
+                        yield bad_failure(item)
+                    else:
+                        bad.append(item)
                     continue
-                img = bytes(value)
-            dup = keys.check(key, f"row {row}", STAGE, shard.uri, f"row:{row}")
-            if dup:
-                yield dup
-                continue
-            caption = data[self.text_column][i] if self.text_column else None
-            sample = Sample(
-                key=key,
-                source_kind=self.kind,
-                ref=ref,
-                data=img,
-                caption=None if caption is None else str(caption).strip(),
+                if not n_good:
+                    yield from (bad_failure(b) for b in bad)
+                    bad = []
+                n_good += 1
+                yield from self._row(shard, stem, keys, *item)
+        except TableUnreadable as e:
+            yield shard_failure(shard, STAGE, f"{name} cannot be read: {e.reason}")
+            return
+        except Exception as e:
+            yield shard_failure(shard, STAGE, f"cannot read table shard {name}: {type(e).__name__}: {e}")
+            return
+        if len(bad) > 1 and not n_good:
+            # not one good row: the file is not in this format at all, one row says so
+            yield shard_failure(
+                shard,
+                STAGE,
+                f"{name} cannot be read: none of its {len(bad)} lines parses (first: {bad[0].reason})",
             )
-            if isinstance(caption, bytes):
-                sample.caption, warning = decode_caption(caption, f"caption in row {row}")
-                if warning:
-                    sample.warnings.append(warning)
-            sample.meta = {
-                c: json_safe(data[c][i])
-                for c in cols
-                if c in _META_KEEP and c not in _SKIP_META and data[c][i] is not None
-            }
-            sample.meta["source_uri"] = shard.uri
-            sample.meta["row"] = row
-            yield sample
-        if n_rows == 0:
+        elif bad:
+            yield from (bad_failure(b) for b in bad)
+        elif not n_good:
             yield shard_failure(shard, STAGE, "shard holds no rows", severity="warning")
+
+    def _row(
+        self, shard: InputShard, stem: str, keys: KeyTracker, row: int, data: dict[str, Any]
+    ) -> Iterator[Sample | Failure]:
+        key_value = data.get(self.key_column) if self.key_column else None
+        key = str(key_value) if key_value is not None else f"{stem}/{row:09d}"
+        ref = None
+        img: bytes | None = None
+        if self.image_column:
+            ref = ImageRef(uri=shard.uri, member=f"row:{row}:{self.image_column}")
+            value = data.get(self.image_column)
+            if isinstance(value, dict):
+                value = value.get("bytes")
+            if not value:
+                status, err = data.get("status"), data.get("error_message")
+                why = f"no image bytes in row {row}"
+                if status and status != "success":
+                    why += f" (img2dataset status {status!r}: {err or 'no message'})"
+                yield Failure(key=key, stage=STAGE, reason=why, uri=shard.uri, member=ref.member)
+                return
+            img = bytes(value)
+        dup = keys.check(key, f"row {row}", STAGE, shard.uri, f"row:{row}")
+        if dup:
+            yield dup
+            return
+        caption = data.get(self.text_column) if self.text_column else None
+        sample = Sample(
+            key=key,
+            source_kind=self.kind,
+            ref=ref,
+            data=img,
+            caption=None if caption is None else str(caption).strip(),
+        )
+        if isinstance(caption, bytes):
+            sample.caption, warning = decode_caption(caption, f"caption in row {row}")
+            if warning:
+                sample.warnings.append(warning)
+        sample.meta = {
+            c: json_safe(v)
+            for c, v in data.items()
+            if c in _META_KEEP and c not in _SKIP_META and v is not None
+        }
+        sample.meta["source_uri"] = shard.uri
+        sample.meta["row"] = row
+        yield sample
