@@ -11,7 +11,9 @@ source_options = SimpleNamespace(
         "auto", "--kind", help="Source layout: auto, sam, webdataset, parquet, table, folder, captions."
     ),
     shard_size=typer.Option(
-        None, "--shard-size", help="Samples per input shard for loose files and large tables (default 1000)."
+        None,
+        "--shard-size",
+        help="Samples per input shard: loose files (default 1000) and table rows (default 10000).",
     ),
     captions_dir=typer.Option(
         None, "--captions-dir", help="SAM: a folder of sa_<id>.txt captions (raw captions)."

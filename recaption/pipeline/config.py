@@ -32,7 +32,7 @@ class SourceConfig(_Strict):
     )
     kind: str = Field("auto", description="auto | sam | webdataset | parquet | folder.")
     shard_size: int | None = Field(
-        None, description="Samples per input shard for loose files and large tables."
+        None, description="Samples per input shard: loose files (default 1000), table rows (default 10000)."
     )
     captions_dir: str | None = Field(None, description="SAM: a folder of sa_<id>.txt raw captions.")
     text_column: str | None = Field(None, description="Tables: the raw caption column.")
