@@ -9,7 +9,7 @@ stage reopens the image from the original shard instead of copying images around
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -38,10 +38,15 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     data: bytes | None = field(default=None, repr=False)
     warnings: list[str] = field(default_factory=list)
+    # reads the image when the reader has it coming (loose files read a window ahead of use)
+    fetch: Callable[[], bytes] | None = field(default=None, repr=False, compare=False)
 
     def image_bytes(self) -> bytes:
+        """The image's bytes: in hand, being read ahead, or read now from the reference."""
         if self.data is not None:
             return self.data
+        if self.fetch is not None:
+            return self.fetch()
         if self.ref is None:
             raise ValueError(f"sample {self.key!r} has no image (a captions-only source)")
         return self.ref.read()

@@ -5,7 +5,9 @@ Layouts recognised (``kind``):
 - ``webdataset``: tar shards of ``<key>.jpg`` / ``.txt`` / ``.json`` (img2dataset's webdataset output);
 - ``parquet``: parquet files with image bytes (img2dataset's parquet output);
 - ``table``: parquet / JSON lines / CSV with captions and no images (LAION metadata ``URL``/``TEXT``);
-- ``folder``: images with optional ``.txt``/``.json`` sidecars, img2dataset's ``files`` output included;
+- ``folder``: images with optional ``.txt``/``.json`` sidecars, img2dataset's ``files`` output included,
+  or a caption manifest (Hugging Face imagefolder ``metadata.jsonl``/``.csv``, a JSON file mapping
+  file names to captions);
 - ``captions``: a folder of ``.txt`` captions alone (PixArt's released SAM-LLaVA captions).
 """
 
@@ -15,8 +17,9 @@ import tarfile
 
 from recaption import io
 from recaption.errors import ConfigError, SourceError
+from recaption.images.formats import is_image_extension, unsupported_image_reason
 from recaption.readers.base import Source
-from recaption.readers.folder import FolderSource
+from recaption.readers.folder import FolderSource, list_folder
 from recaption.readers.rows import is_table_name
 from recaption.readers.sam import SAM_KEY, SAM_TAR, SamSource, natural_key
 from recaption.readers.table import (
@@ -27,7 +30,7 @@ from recaption.readers.table import (
     pick_column,
     read_schema_names,
 )
-from recaption.readers.tar import IMAGE_EXTENSIONS, split_key
+from recaption.readers.tar import split_key
 from recaption.readers.webdataset import WebDatasetSource
 
 KINDS = ("auto", "sam", "webdataset", "parquet", "table", "folder", "captions")
@@ -36,7 +39,8 @@ LAYOUTS = (
     "SA-1B tars (sa_000000.tar) or sa_<id>.jpg + sa_<id>.json files",
     "webdataset tars (<key>.jpg/.txt/.json)",
     "parquet with image bytes (img2dataset), or parquet/JSON lines/CSV with a caption column",
-    "image files (" + ", ".join(IMAGE_EXTENSIONS) + ") with optional .txt/.json sidecars",
+    "image files Pillow decodes (.jpg, .png, .webp, .tif, ...) with optional .txt/.json sidecars, "
+    "or with a caption manifest (metadata.jsonl/.csv, captions.json)",
     "a folder of .txt captions",
 )
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -138,6 +142,7 @@ def open_source(
         raise ConfigError("--shard-size", shard_size, "a positive number of samples per shard")
     if captions_dir is not None and not io.isdir(captions_dir):
         raise SourceError(captions_dir, "captions folder does not exist", ["a folder of sa_<id>.txt files"])
+    links: list[tuple[str, str, str]] = []
     if any(ch in path for ch in "*?["):
         files = io.glob(path)
         root = path
@@ -147,13 +152,13 @@ def open_source(
         raise SourceError(path, "does not exist")
     elif io.isdir(path):
         root = io.normalize(path).rstrip("/")
-        files = [f for f in io.walk_files(root) if not io.is_tmp(f)]
+        files, links = list_folder(root)
     else:
         root = io.normalize(path)
         files = [root]
     size = shard_size or DEFAULT_SHARD_SIZE
     source = _pick(
-        path, root, files, kind, size, captions_dir, text_column, image_column, key_column, shard_size
+        path, root, files, kind, size, captions_dir, text_column, image_column, key_column, shard_size, links
     )
     # An option the chosen layout has no use for would be dropped without a word: refuse it.
     if captions_dir is not None and not isinstance(source, SamSource):
@@ -161,6 +166,8 @@ def open_source(
             "--captions-dir", captions_dir, "SA-1B sources only", hint=f"{path} is a {source.kind} source"
         )
     table_only = {"--text-column": text_column, "--image-column": image_column, "--key-column": key_column}
+    if isinstance(source, FolderSource) and source.manifests:
+        table_only.pop("--text-column")  # it names the caption column of the folder's manifest
     for option, value in table_only.items():
         if value is not None and not isinstance(source, TableSource):
             raise ConfigError(
@@ -183,10 +190,11 @@ def _pick(
     image_column: str | None,
     key_column: str | None,
     shard_size: int | None,
+    links: list[tuple[str, str, str]],
 ) -> Source:
     tars = sorted((f for f in files if _is_tar(f)), key=natural_key)
     tables = sorted(f for f in files if is_table_name(f) and not f.endswith("_stats.json"))
-    images = [f for f in files if _ext(f) in IMAGE_EXTENSIONS]
+    images = [f for f in files if is_image_extension(_ext(f)) or unsupported_image_reason(_ext(f))]
     texts = [f for f in files if _ext(f) == "txt"]
 
     def want(*ks: str) -> bool:
@@ -205,13 +213,13 @@ def _pick(
                 shard_size=size,
                 captions_dir=captions_dir,
             )
-        return FolderSource.scan(root, files, size)
+        return FolderSource.scan(root, files, size, text_column=text_column, skipped=links)
     if tables and want("parquet", "table"):
         # img2dataset writes a metadata parquet beside each tar or shard folder: never a source by itself
         # when images are present (handled above).
         return _table_source(root, tables, kind, text_column, image_column, key_column, shard_size)
     if texts and want("captions"):
-        return FolderSource.scan(root, files, size, captions_only=True, kind="captions")
+        return FolderSource.scan(root, files, size, captions_only=True, kind="captions", skipped=links)
     if kind != "auto":
         raise SourceError(path, f"holds nothing of kind {kind!r}", LAYOUTS)
     raise SourceError(path, "holds nothing recognisable" if files else "is empty", LAYOUTS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from recaption.images.formats import unsupported_image_reason
 from recaption.readers.base import (
     Failure,
     ImageRef,
@@ -17,7 +18,7 @@ from recaption.readers.base import (
     Source,
 )
 from recaption.readers.common import caption_from_bytes, json_safe, parse_json_sidecar, read_tar_shard
-from recaption.readers.tar import IMAGE_EXTENSIONS, TarGroup
+from recaption.readers.tar import TarGroup
 
 STAGE = "read"
 
@@ -38,11 +39,16 @@ class WebDatasetSource(Source):
         member = next(iter(group.files.values())).name if group.files else group.key
         if img is None:
             exts = ", ".join(sorted(group.files)) or "nothing"
+            unsupported = next(
+                (r for r in (unsupported_image_reason(e.rsplit(".", 1)[-1]) for e in group.files) if r), None
+            )
             return Failure(
                 key=group.key,
                 stage=STAGE,
-                reason=f"no image file for key {group.key!r} (found: {exts}; "
-                f"image extensions: {', '.join(IMAGE_EXTENSIONS)})",
+                reason=f"{unsupported} (key {group.key!r})"
+                if unsupported
+                else f"no image file for key {group.key!r} (found: {exts}; an image is any format "
+                "Pillow decodes: .jpg, .png, .webp, .tif, ...)",
                 uri=shard.uri,
                 member=member,
             )

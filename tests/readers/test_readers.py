@@ -209,7 +209,11 @@ def test_plain_folder_with_sidecars(tmp_path: Path):
     assert {s.key for s in samples} == {"a", "c", "sub/b"}
     by = {s.key: s for s in samples}
     assert by["a"].caption == "a caption" and by["sub/b"].caption == "from json"
-    assert len(failures) == 1 and "duplicate key 'c'" in failures[0].reason
+    errors = [f for f in failures if f.severity == "error"]
+    assert len(errors) == 1 and "duplicate key 'c'" in errors[0].reason
+    # every other file is accounted for: notes.md is listed with why it was not read
+    (listed,) = [f for f in failures if f.severity == "warning"]
+    assert listed.uri.endswith("notes.md") and "neither an image" in listed.reason
 
 
 def test_an_option_the_layout_cannot_use_is_refused(tmp_path: Path):
