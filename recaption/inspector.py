@@ -202,6 +202,8 @@ def inspect_source(source: Source, options: InspectOptions | None = None) -> dic
         if source.has_images
         else None,
         "captions": {
+            # a folder's caption manifests (metadata.jsonl, captions.json...) as file (file → text column)
+            "from": [m.describe() for m in getattr(source, "manifests", ())],
             "with_caption": n_caption,
             "empty": n_empty_caption,
             "words": _dist(cap_words),

@@ -80,7 +80,9 @@ def render_report(r: dict[str, Any]) -> None:
     if cap["with_caption"]:
         w = cap["words"]
         c.print(
-            f"captions: {cap['with_caption']} ({cap['empty']} empty); words per caption: "
+            f"captions: {cap['with_caption']} ({cap['empty']} empty)"
+            + (f" from {', '.join(cap['from'])}" if cap.get("from") else "")
+            + "; words per caption: "
             f"median {w.get('median', 0):g}, mean {w.get('mean', 0):g}, "
             f"p95 {w.get('p95', 0):g}, max {w.get('max', 0):g}"
         )

@@ -130,13 +130,14 @@ def find_manifest(uri: str, text_column: str | None) -> Manifest | str:
     text = next((c for c in MANIFEST_TEXT if c in names), None)
     if text is None:
         # the only column of strings beside the file names, judged on the first rows
-        kinds: dict[str, set[type]] = {c: set() for c in names if c != file_col}
+        # (a CSV's numbers are strings too: one that reads as a number is no caption)
+        kinds: dict[str, set[str]] = {c: set() for c in names if c != file_col}
         for item in iter_rows(uri, list(kinds), 0, 50):
             if isinstance(item, tuple):
                 for c, v in item[1].items():
                     if v is not None:
-                        kinds[c].add(type(v))
-        strings = [c for c, t in kinds.items() if t == {str}]
+                        kinds[c].add("text" if isinstance(v, str) and not _is_number(v) else "other")
+        strings = [c for c, t in kinds.items() if t == {"text"}]
         if len(strings) != 1:
             return (
                 f"caption manifest with {'no' if not strings else 'several'} text column(s) "
@@ -408,6 +409,14 @@ def _image_getter(reader: WindowReader, i: int, url: str) -> Callable[[], bytes]
             raise RefError(f"cannot read image {url}: {type(e).__name__}: {e}") from None
 
     return fetch
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _base(url: str) -> str:
