@@ -13,6 +13,7 @@ this thread: the old sequential path, kept for comparison (``RECAPTION_READ_WIND
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -43,6 +44,8 @@ class WindowReader:
         self._futures: dict[int, Future[bytes]] = {}
         self._done: set[int] = set()
         self._pool: ThreadPoolExecutor | None = None
+        # decode threads ask for images concurrently (the captioner's prefetch): guard the bookkeeping
+        self._lock = threading.Lock()
         if self.window > 1 and len(urls) > 1:
             self._pool = ThreadPoolExecutor(
                 max_workers=min(self.window, len(urls)), thread_name_prefix="read"
@@ -55,11 +58,13 @@ class WindowReader:
         self.close()
 
     def close(self) -> None:
-        """Stop reading ahead (reads in flight finish in the background and are dropped)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-        self._futures.clear()
+        """Stop reading ahead (reads in flight finish in the background and are dropped); files
+        asked for later are read directly."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+            self._futures.clear()
 
     def _read_ahead(self, i: int) -> None:
         if self._pool is None:
@@ -74,11 +79,12 @@ class WindowReader:
 
     def get(self, i: int) -> bytes:
         """File ``i``'s bytes; raises what reading it raised (``FileNotFoundError``...)."""
-        if i in self.lazy:
-            self._lazy_wanted = True
-        self._read_ahead(i)
-        self._done.add(i)
-        future = self._futures.pop(i, None)
+        with self._lock:
+            if i in self.lazy:
+                self._lazy_wanted = True
+            self._read_ahead(i)
+            self._done.add(i)
+            future = self._futures.pop(i, None)
         if future is None or future.cancelled():
             return io.read_bytes(self.urls[i])
         return future.result()

@@ -10,7 +10,7 @@ sample's caption.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from recaption import io
@@ -22,6 +22,8 @@ from recaption.readers.base import (
     Source,
 )
 from recaption.readers.common import caption_from_bytes, parse_json_sidecar, read_tar_shard
+from recaption.readers.fetch import WindowReader
+from recaption.readers.refs import RefError
 from recaption.readers.tar import TarGroup, split_key
 
 STAGE = "read"
@@ -116,17 +118,30 @@ class SamSource(Source):
         return sample
 
     def _read_folder_chunk(self, shard: InputShard) -> Iterator[Sample | Failure]:
-        for url in shard.files:
-            key, _ = split_key(io.basename(url))
-            if not io.exists(url):
-                yield Failure(key=key, stage=STAGE, uri=url, reason=f"image file is gone: {url}")
-                continue
-            # Bytes are read lazily (Sample.image_bytes), so caption-only passes never touch images.
-            sample = Sample(key=key, source_kind=self.kind, ref=ImageRef(uri=url))
-            json_url = url[: url.rfind(".")] + ".json"
-            try:
-                _apply_sam_json(sample, io.read_bytes(json_url), io.basename(json_url))
-            except FileNotFoundError:
-                sample.warnings.append(f"no annotation file {io.basename(json_url)} beside the image")
-            self._caption(sample)
-            yield sample
+        # annotation files are read a window ahead; images (lazy) only once a consumer asks for one,
+        # so caption-only passes never touch them
+        seq = [u for url in shard.files for u in (url, url[: url.rfind(".")] + ".json")]
+        lazy = frozenset(range(0, len(seq), 2))
+        with WindowReader(seq, lazy=lazy) as reader:
+            for i, url in enumerate(shard.files):
+                key, _ = split_key(io.basename(url))
+                sample = Sample(
+                    key=key, source_kind=self.kind, ref=ImageRef(uri=url), fetch=_getter(reader, 2 * i, url)
+                )
+                json_url = seq[2 * i + 1]
+                try:
+                    _apply_sam_json(sample, reader.get(2 * i + 1), io.basename(json_url))
+                except FileNotFoundError:
+                    sample.warnings.append(f"no annotation file {io.basename(json_url)} beside the image")
+                self._caption(sample)
+                yield sample
+
+
+def _getter(reader: WindowReader, i: int, url: str) -> Callable[[], bytes]:
+    def fetch() -> bytes:
+        try:
+            return reader.get(i)
+        except FileNotFoundError:
+            raise RefError(f"image file is gone: {url}") from None
+
+    return fetch
