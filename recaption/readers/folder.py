@@ -163,9 +163,17 @@ class FolderSource(Source):
     skipped: tuple[tuple[str, str, str], ...] = ()
     read_window: int | None = None  # files read at once (None: fetch.DEFAULT_WINDOW; 1: one by one)
     _captions: Any = field(default=None, init=False, repr=False, compare=False)
+    _sidecar_at: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_captions": None}  # the manifests are read again where they are used
+        # both are rebuilt where they are used: the manifests read again, the sidecars indexed
+        return {**self.__dict__, "_captions": None, "_sidecar_at": None}
+
+    def _sidecar(self, image: str, ext: str) -> str | None:
+        """The image's ``.txt``/``.json`` sidecar, whatever the case of its extension."""
+        if self._sidecar_at is None:
+            self._sidecar_at = {(_base(f), _ext(f)): f for f in self.sidecars}
+        return self._sidecar_at.get((_base(image), ext))
 
     @property
     def has_images(self) -> bool:  # type: ignore[override]
@@ -356,14 +364,16 @@ class FolderSource(Source):
             lazy.add(len(seq))
             at[url] = len(seq)
             seq.append(url)
-            for side in (_base(url) + ".txt", _base(url) + ".json"):
-                if side in self.sidecars:
+            for ext in ("txt", "json"):
+                side = self._sidecar(url, ext)
+                if side is not None:
                     at[side] = len(seq)
                     seq.append(side)
         with WindowReader(seq, self.read_window, frozenset(lazy)) as reader:
 
-            def sidecar(url: str) -> bytes | None:
-                if url not in at:
+            def sidecar(image: str, ext: str) -> bytes | None:
+                url = self._sidecar(image, ext)
+                if url is None:
                     return None
                 try:
                     return reader.get(at[url])
@@ -383,12 +393,12 @@ class FolderSource(Source):
                     ref=ImageRef(uri=url),
                     fetch=_image_getter(reader, at[url], url),
                 )
-                raw = sidecar(_base(url) + ".txt")
+                raw = sidecar(url, "txt")
                 if raw is not None:
                     caption_from_bytes(sample, raw, f"caption file {key}.txt")
                 if sample.caption is None and rel in captions:
                     sample.caption = captions[rel]
-                raw = sidecar(_base(url) + ".json")
+                raw = sidecar(url, "json")
                 if raw is not None:
                     meta, warning = parse_json_sidecar(raw, f"sidecar {key}.json")
                     if warning:

@@ -48,8 +48,10 @@ def test_whatever_pillow_decodes_is_read_whatever_the_extension(tmp_path: Path):
         (d / name).write_bytes(image_bytes(40, 30, fmt=fmt, seed=i))
     (d / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64)
     (d / "notes.md").write_text("not an image")
+    (d / "upper.TXT").write_text("a caption whose extension shouts")  # a sidecar all the same
     report = _inspect(d)
     assert report["samples_ok"] == len(ODD)
+    assert report["captions"]["with_caption"] == 1
     assert set(report["images"]["formats"]) == {"JPEG", "TIFF", "BMP", "WEBP", "GIF"}
     by_uri = {Path(f["uri"]).name: f for f in report["failures"]}
     assert set(by_uri) == {"phone.heic", "notes.md"}
