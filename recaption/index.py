@@ -53,11 +53,15 @@ class IndexStage(Stage):
         )
 
     def fingerprint(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "source": {"kind": self.source.kind, "root": self.source.root},
             "max_pixels": self.max_pixels,
             "min_side": self.min_side,
         }
+        manifests = getattr(self.source, "manifests", ())
+        if manifests:  # where raw captions came from; absent otherwise, so older outputs still match
+            out["source"]["captions_from"] = [m.describe() for m in manifests]
+        return out
 
     def shards(self) -> list[InputShard]:
         return self.source.shards()
