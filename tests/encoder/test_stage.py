@@ -61,7 +61,8 @@ def test_encode_writes_pixart_feature_shards(
     assert summary.ok
     # warnings are summed by reason too, not only counted
     warned = summary.to_dict()["warning_reasons"]
-    assert warned["raw caption has N TN tokens, over the limit of N"] == 1  # numbers grouped as N
+    # numbers grouped as N, names with digits (T5) kept whole
+    assert warned["raw caption has N T5 tokens, over the limit of N"] == 1
     assert warned["raw caption is empty"] == 1
     files = sorted(out.glob("part-*.parquet"))
     assert [f.name for f in files] == ["part-00000.parquet", "part-00001.parquet"]
