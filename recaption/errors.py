@@ -83,3 +83,15 @@ class MissingColumnsError(RecaptionError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
+
+
+class WorkerFault(RecaptionError, RuntimeError):
+    """The worker itself is broken (an accelerator fault, every batch failing): not the data.
+
+    The shard in hand is never committed; a runner retries it on a fresh worker instead of
+    recording its samples as failures.
+    """
+
+    def __init__(self, message: str) -> None:
+        self._init_args = (message,)
+        super().__init__(message)

@@ -17,7 +17,24 @@ What it guarantees:
 - **Greedy by default; sampling reproducible per sample** (see :mod:`recaption.captioner.sampling`).
 - **Batched, left-padded generation** through the processor's chat template.
 - **Out-of-memory never loses a batch**: it is split in halves and retried, down to one image; a
-  single image that still does not fit fails alone, with the reason.
+  single image that still does not fit fails alone, with the reason. The size that fitted is kept
+  for the batches after it (no wasted vision pass and prefill per batch, no recompilation).
+- **A broken worker is not bad data.** An accelerator fault (illegal memory access, device-side
+  assert, ECC error, any "CUDA error") or ``max_failed_batches`` failed batches in a row raise
+  :class:`~recaption.errors.WorkerFault`: the shard is not committed and is retried elsewhere.
+  :meth:`Captioner.load` captions a probe image, so a model or processor that cannot generate fails
+  at load naming the cause, not as a shard of error rows.
+- **One prompt-length limit per worker** (:mod:`recaption.captioner.budget`): the worst case an
+  image under ``max_image_pixels`` becomes for this model family, plus ``max_prompt_text_tokens``.
+  The static cache and the automatic batch size are computed from that one number; a longer prompt
+  fails alone with the reason.
+- **LLaVA-1.5 sees the whole image**: padded to a square with the image mean, as the original
+  LLaVA-1.5 (``image_aspect_ratio: pad``) and PixArt's captions did (``image_aspect="crop"``: the
+  processor's centre crop).
+- **What is reproducible**: greedy and seeded captions do not depend on the batch in float32 (a
+  test pins it). In bfloat16/float16 a sample's logits move in the last bits with its batch-mates
+  and padding (~2e-3), which can flip a near-tie: the same batch size on the same hardware and
+  software gives identical captions; another batch size or card gives bf16-close ones.
 - **Finish reason** ``"stop"`` (end of sequence) or ``"length"`` (hit ``max_new_tokens``: kept,
   flagged), and a **repetition flag** with a score.
 """
@@ -34,8 +51,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from recaption.captioner.budget import round_cache_len
 from recaption.captioner.repetition import detect_caption_repetition
-from recaption.errors import ConfigError, first_line
+from recaption.errors import ConfigError, WorkerFault, first_line
 from recaption.prefetch import describe_error, prefetch_batches
 
 if TYPE_CHECKING:
@@ -56,7 +74,31 @@ DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024
 CPU_BATCH_SIZE = 8
 MAX_AUTO_BATCH_SIZE = 256
 
+# Text tokens a prompt may take beyond its image tokens: the chat template and the instruction with a
+# 300-character raw-caption hint in Latin script (~110 tokens) fit with room; a prompt over the
+# worker's limit fails alone (raise it for long non-Latin hints: the cache and batch follow).
+DEFAULT_MAX_PROMPT_TEXT_TOKENS = 192
+# Failed batches in a row (not images: whole batches) after which the worker is taken as broken.
+DEFAULT_MAX_FAILED_BATCHES = 3
+
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+IMAGE_ASPECTS = ("auto", "pad", "crop")
+# Substrings of accelerator errors after which the CUDA context is unusable (out of memory is not one).
+ACCELERATOR_FAULTS = (
+    "cuda error",
+    "illegal memory access",
+    "device-side assert",
+    "ecc error",
+    "uncorrectable ecc",
+    "cublas_status_execution_failed",
+    "cublas_status_internal_error",
+    "cudnn_status_execution_failed",
+    "misaligned address",
+    "unspecified launch failure",
+    "nccl error",
+    "hip error",
+    "acceleratorerror",
+)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 CACHE_IMPLEMENTATIONS = ("auto", "dynamic", "static")
 
@@ -78,6 +120,15 @@ class CaptionerConfig:
     architecture, 128 tokens per image, one H200): static cache 1.9x the dynamic one at batch 128;
     the automatic batch size (192 there) +9 %; compile +8-10 % on top, hence opt-in.
     ``min_new_tokens`` exists for benchmarks (fixed work per image); leave it at 0 for captions.
+
+    ``image_aspect``: ``"pad"`` pads each image to a square with the processor's image mean first
+    (LLaVA-1.5's own ``expand2square``); ``"crop"`` leaves it to the processor (LLaVA-1.5's llava-hf
+    processor centre-crops, losing the sides); ``"auto"`` is ``"pad"`` for LLaVA-1.5 (model type
+    ``llava``) and the processor's own handling for every other family.
+    ``max_prompt_tokens`` (0: automatic) is the longest prompt this worker accepts, in tokens; the
+    automatic value is the worst-case image tokens plus ``max_prompt_text_tokens``.
+    ``gpu_share`` is this worker's fraction of its GPU (``gpus_per_worker`` < 1 shares a card).
+    ``max_failed_batches`` failed batches in a row stop the shard (see :class:`Captioner`).
     """
 
     model: str = DEFAULT_MODEL
@@ -96,6 +147,12 @@ class CaptionerConfig:
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
     cache: str = "auto"
     compile: bool = False
+    image_aspect: str = "auto"
+    max_prompt_tokens: int = 0
+    max_prompt_text_tokens: int = DEFAULT_MAX_PROMPT_TEXT_TOKENS
+    gpu_share: float = 1.0
+    max_failed_batches: int = DEFAULT_MAX_FAILED_BATCHES
+    probe: bool = True
     trust_remote_code: bool = False
     use_safetensors: bool = True
     local_files_only: bool = False
@@ -140,6 +197,18 @@ class CaptionerConfig:
             raise ConfigError(
                 "max_image_pixels", self.max_image_pixels, "an integer >= 4096, or None (no cap)"
             )
+        if self.image_aspect not in IMAGE_ASPECTS:
+            raise ConfigError("image_aspect", self.image_aspect, IMAGE_ASPECTS)
+        if not isinstance(self.max_prompt_tokens, int) or self.max_prompt_tokens < 0:
+            raise ConfigError(
+                "max_prompt_tokens", self.max_prompt_tokens, "an integer >= 1, or 0 for automatic"
+            )
+        if not isinstance(self.max_prompt_text_tokens, int) or self.max_prompt_text_tokens < 1:
+            raise ConfigError("max_prompt_text_tokens", self.max_prompt_text_tokens, "an integer >= 1")
+        if not 0 < self.gpu_share <= 1:
+            raise ConfigError("gpu_share", self.gpu_share, "a fraction of one GPU in (0, 1]")
+        if not isinstance(self.max_failed_batches, int) or self.max_failed_batches < 1:
+            raise ConfigError("max_failed_batches", self.max_failed_batches, "an integer >= 1")
         if self.prefetch_workers < 1:
             raise ConfigError("prefetch_workers", self.prefetch_workers, "an integer >= 1")
         if self.prefetch_depth < 1:
@@ -188,6 +257,7 @@ class CaptionerStats:
     failed: int = 0
     batches: int = 0
     oom_splits: int = 0
+    failed_batches_in_a_row: int = 0
     generate_s: float = 0.0
     generated_tokens: int = 0
     batch_sizes: list[int] = field(default_factory=list)
@@ -201,6 +271,35 @@ def is_oom(e: BaseException) -> bool:
         return True
     msg = str(e).lower()
     return isinstance(e, RuntimeError) and ("out of memory" in msg or "cublas_status_alloc_failed" in msg)
+
+
+def is_accelerator_fault(e: BaseException) -> bool:
+    """Whether an exception means the accelerator (its context) is broken, not the batch.
+
+    After an illegal memory access, a device-side assert or an ECC error every later CUDA call
+    fails too; such a worker must stop, not turn its remaining samples into error rows.
+    """
+    if is_oom(e):
+        return False
+    if type(e).__name__ in ("AcceleratorError", "CudaError"):
+        return True
+    msg = f"{type(e).__name__}: {e}".lower()
+    return any(s in msg for s in ACCELERATOR_FAULTS)
+
+
+def auto_dtype(checkpoint_dtype: str | None, device: str, bf16_supported: bool) -> str:
+    """``dtype="auto"``: float32 on CPU; on an accelerator the checkpoint's own half dtype.
+
+    A float16 checkpoint (llava-1.5-7b-hf ships one) stays float16; bfloat16 stays bfloat16 where
+    the card supports it and becomes float16 where it does not; float32 or unknown becomes bfloat16
+    (float16 where bfloat16 is unsupported): full precision does not fit the batch sizes wanted.
+    """
+    if not device.startswith(("cuda", "mps")):
+        return "float32"
+    half = str(checkpoint_dtype or "").replace("torch.", "")
+    if half == "float16":
+        return "float16"
+    return "bfloat16" if bf16_supported else "float16"
 
 
 def finish_sequences(
@@ -264,6 +363,11 @@ class Captioner:
         self._chat_cache: dict[str, str] = {}
         self._min_side = 0
         self._stream_counter = itertools.count()
+        self.image_aspect = ""  # resolved in _attach: "pad" or "crop"
+        self._pad_color: tuple[int, int, int] = (0, 0, 0)
+        self.max_prompt_tokens = 0  # resolved in _attach: the longest prompt this worker accepts
+        self.max_cache_len = 0  # the static cache length, fixed per worker
+        self._fault: str | None = None  # set once the accelerator is known broken
 
     def __getstate__(self) -> dict[str, Any]:
         # Ship configuration, not weights: a worker unpickles and calls load() itself.
@@ -312,7 +416,7 @@ class Captioner:
                 hint=f"cannot load its processor: {first_line(e)}",
             ) from None
         device = cfg.resolved_device()
-        dtype = self._torch_dtype(device)
+        dtype = self._torch_dtype(device, hf_config)
         try:
             model = AutoModelForImageTextToText.from_pretrained(
                 source,
@@ -333,7 +437,35 @@ class Captioner:
         if not revision and Path(source).is_dir():
             revision = _snapshot_revision(Path(source))
         self._attach(model.eval(), processor, model_id=cfg.model, revision=revision or "")
+        if cfg.probe:
+            self._probe()
         return self
+
+    def _probe(self) -> None:
+        """Caption one blank image: a model or processor that cannot generate fails here, named."""
+        from PIL import Image
+
+        try:
+            inputs = self.prepare([Image.new("RGB", (64, 48), (127, 127, 127))], ["Describe this image."])
+            ids = self._generate_ids(inputs, [0], max_new_tokens=2)
+        except Exception as e:
+            self.unload()
+            if is_accelerator_fault(e) or is_oom(e):
+                raise WorkerFault(f"the accelerator failed on a probe caption: {describe_error(e)}") from e
+            raise ConfigError(
+                "model",
+                self.config.model,
+                "a vision-language model whose processor and weights work together",
+                hint=f"captioning a blank probe image failed: {describe_error(e)}",
+            ) from None
+        if not ids or len(ids[0]) < 1:
+            self.unload()
+            raise ConfigError(
+                "model",
+                self.config.model,
+                "a model that generates text",
+                hint="a probe caption gave no tokens",
+            )
 
     @classmethod
     def from_model(
@@ -385,12 +517,16 @@ class Captioner:
             hint=f"it is a {model_type!r} model ({arch}), not a vision-language model",
         )
 
-    def _torch_dtype(self, device: str) -> Any:
+    def _torch_dtype(self, device: str, hf_config: Any = None) -> Any:
         import torch
 
         name = self.config.dtype
         if name == "auto":
-            name = "bfloat16" if device.startswith("cuda") else "float32"
+            ckpt = None
+            for c in (hf_config, _text_config(hf_config)):
+                ckpt = ckpt or getattr(c, "dtype", None) or getattr(c, "torch_dtype", None)
+            bf16 = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            name = auto_dtype(str(ckpt) if ckpt is not None else None, device, bf16)
         return getattr(torch, name)
 
     def _attach(self, model: Any, processor: Any, *, model_id: str, revision: str) -> None:
@@ -443,8 +579,24 @@ class Captioner:
         self.model_id, self.revision = model_id, revision
         self.device = str(next(model.parameters()).device)
         self._min_side = _min_side_needed(image_processor)
+        self._resolve_image_aspect(getattr(model.config, "model_type", ""), image_processor)
+        self.max_prompt_tokens = self.config.max_prompt_tokens or self.estimate_prompt_tokens()
+        self.max_cache_len = round_cache_len(self.max_prompt_tokens + self.config.max_new_tokens)
         if self.batch_size <= 0:
             self.batch_size = self._auto_batch_size()
+
+    def _resolve_image_aspect(self, model_type: str, image_processor: Any) -> None:
+        aspect = self.config.image_aspect
+        if aspect == "auto":
+            # LLaVA-1.5 was trained (and PixArt captioned) on images padded to a square; other
+            # families have their own any-resolution handling.
+            aspect = "pad" if model_type == "llava" else "crop"
+        self.image_aspect = aspect
+        mean = getattr(image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
+        if isinstance(mean, int | float):
+            mean = (mean,) * 3
+        # LLaVA's expand2square: background = tuple(int(x * 255) for x in image_processor.image_mean)
+        self._pad_color = tuple(int(float(x) * 255) for x in list(mean)[:3])  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ sizing
     def kv_bytes_per_token(self) -> int:
@@ -456,36 +608,70 @@ class Captioner:
         return 2 * text.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
 
     def estimate_prompt_tokens(self) -> int:
-        """Input length of one sample: the processor run on dummy images (square and 1:2 both ways)."""
+        """The longest prompt this worker accepts: worst-case image tokens + the text allowance.
+
+        The image part is computed from the processor's published settings at ``max_image_pixels``
+        (:mod:`recaption.captioner.budget`); the template's own tokens are measured on a small probe.
+        A processor of no known family is measured on images of every aspect ratio at the cap.
+        """
         from PIL import Image
 
-        prompt = " ".join(["word"] * 60)  # a long LAION hint
-        lengths = [0]
-        for size in ((336, 336), (336, 672), (672, 336)):
+        from recaption.captioner.budget import (
+            candidate_sizes,
+            image_tokens,
+            settings_from_processor,
+            worst_case_image_tokens,
+        )
+
+        text = self.config.max_prompt_text_tokens
+        settings = settings_from_processor(self.processor)
+        probe = (48, 64)  # (height, width)
+        try:
+            base = self._prompt_length(Image.new("RGB", probe[::-1], (127, 127, 127)))
+        except Exception:
+            base = 0
+        if settings is not None and base:
+            template = max(0, base - image_tokens(settings, *probe))
+            return worst_case_image_tokens(settings, self.config.max_image_pixels) + template + text
+        # Unknown family: measure (slow, but once per worker).
+        lengths = [base]
+        for h, w in candidate_sizes(self.config.max_image_pixels)[::8]:
             try:
-                inputs = self.prepare([Image.new("RGB", size, (127, 127, 127))], [prompt])
-                lengths.append(int(inputs["input_ids"].shape[1]))
+                lengths.append(self._prompt_length(Image.new("RGB", (w, h), (127, 127, 127))))
             except Exception:  # a processor that refuses an aspect ratio: the others decide
                 continue
-        return max(lengths) or 1024
+        return (max(lengths) or 1024) + text
+
+    def _prompt_length(self, image: Image.Image) -> int:
+        inputs = self.prepare([image], [""])
+        return int(inputs["input_ids"].shape[1])
 
     def _auto_batch_size(self) -> int:
         if not self.device.startswith("cuda"):
             return CPU_BATCH_SIZE
         import torch
 
-        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+        from recaption.captioner.budget import batch_for_memory, share_of_free_memory
+
+        free, total = torch.cuda.mem_get_info(torch.device(self.device))
+        free = share_of_free_memory(free, total, self.config.gpu_share)
         text = self.model.config.get_text_config(decoder=True)
-        length = self.estimate_prompt_tokens()
-        kv = self.kv_bytes_per_token() * (length + self.config.max_new_tokens)
-        # Prefill activations: a few hidden-size and MLP-size tensors per token.
-        act = 4 * length * (text.hidden_size + getattr(text, "intermediate_size", 4 * text.hidden_size))
-        act *= self.model.dtype.itemsize
-        budget = free * 0.9 - 2 * 1024**3
-        batch = int(budget // (kv + act))
-        if batch >= 16:
-            batch -= batch % 8
-        return max(1, min(MAX_AUTO_BATCH_SIZE, batch))
+        # A dynamic cache grows to the prompt + new tokens; the static one is allocated at max_cache_len.
+        cache_len = (
+            self.max_cache_len
+            if self.cache_implementation == "static"
+            else self.max_prompt_tokens + self.config.max_new_tokens
+        )
+        return batch_for_memory(
+            free * 0.9 - 2 * 1024**3,
+            self.kv_bytes_per_token(),
+            cache_len,
+            self.max_prompt_tokens,
+            text.hidden_size,
+            getattr(text, "intermediate_size", 4 * text.hidden_size),
+            self.model.dtype.itemsize,
+            MAX_AUTO_BATCH_SIZE,
+        )
 
     # ------------------------------------------------------------------ preparing (CPU, thread-safe)
     def chat_text(self, prompt: str) -> str:
@@ -509,6 +695,17 @@ class Captioner:
             image = image.convert("RGB")
         return resize_max_pixels(image, self.config.max_image_pixels)
 
+    def model_image(self, image: Image.Image) -> Image.Image:
+        """The image the processor gets: capped, and padded to a square where ``image_aspect`` is pad.
+
+        The padded square is capped again, so the pixel cap (and the prompt-length worst case
+        computed from it) holds for every family.
+        """
+        image = self.cap_image(image)
+        if self.image_aspect == "pad" and image.width != image.height:
+            image = self.cap_image(expand2square(image, self._pad_color))
+        return image
+
     def decode(self, data: bytes) -> DecodedImage:
         """Decode image bytes for this model: JPEG draft mode down to what the processor needs, then the cap.
 
@@ -531,7 +728,7 @@ class Captioner:
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         texts = [self.chat_text(p) for p in prompts]
-        capped = [self.cap_image(im) for im in images]
+        capped = [self.model_image(im) for im in images]
         with self._tokenizer_lock:
             inputs = self.processor(images=capped, text=texts, return_tensors="pt", padding=True)
         if self.device.startswith("cuda"):
@@ -541,14 +738,15 @@ class Captioner:
         return inputs
 
     # ------------------------------------------------------------------ generating
-    def generation_config(self, input_length: int) -> Any:
+    def generation_config(self, input_length: int, max_new_tokens: int | None = None) -> Any:
         """The explicit generation settings for one batch (nothing inherited from the checkpoint)."""
         from transformers import CompileConfig, GenerationConfig
 
         cfg = self.config
+        new_tokens = max_new_tokens or cfg.max_new_tokens
         gc_ = GenerationConfig(
-            max_new_tokens=cfg.max_new_tokens,
-            min_new_tokens=cfg.min_new_tokens or None,
+            max_new_tokens=new_tokens,
+            min_new_tokens=min(cfg.min_new_tokens, new_tokens) or None,
             do_sample=False,  # sampling, when asked, is SeededSampler on top of greedy
             num_beams=1,
             num_return_sequences=1,
@@ -561,8 +759,9 @@ class Captioner:
         )
         if self.cache_implementation == "static":
             gc_.cache_implementation = "static"
-            # One cache size for all batches of similar prompts: no reallocation, no recompilation.
-            gc_.max_cache_len = -(-(input_length + cfg.max_new_tokens) // 256) * 256
+            # One cache length for the worker's life, from the longest prompt it accepts: no
+            # reallocation, no recompilation, and the batch budget counted exactly this length.
+            gc_.max_cache_len = max(self.max_cache_len, round_cache_len(input_length + new_tokens))
             if cfg.compile:
                 gc_.compile_config = CompileConfig(fullgraph=False, mode="reduce-overhead", dynamic=False)
                 if not self.device.startswith("cuda"):
@@ -577,7 +776,9 @@ class Captioner:
             return self.config.cache
         return "static" if self.device.startswith("cuda") else "dynamic"
 
-    def _generate_ids(self, inputs: Any, seeds: list[int]) -> list[list[int]]:
+    def _generate_ids(
+        self, inputs: Any, seeds: list[int], max_new_tokens: int | None = None
+    ) -> list[list[int]]:
         """Run ``generate`` on prepared inputs; the new token ids per row (host lists)."""
         import torch
         from transformers import LogitsProcessorList
@@ -605,7 +806,9 @@ class Captioner:
                 for k, v in inputs.items()
             }
             out = self.model.generate(
-                **on_device, generation_config=self.generation_config(length), logits_processor=processors
+                **on_device,
+                generation_config=self.generation_config(length, max_new_tokens),
+                logits_processor=processors,
             )
             new = out[:, length:].to("cpu")
         return new.tolist()
@@ -624,9 +827,11 @@ class Captioner:
         self._require_loaded()
         keys = keys if keys is not None else [str(i) for i in range(len(images))]
         results: list[CaptionResult] = []
-        for start in range(0, len(images), self.batch_size):
+        start = 0
+        while start < len(images):  # batch_size may drop after an out-of-memory split
             stop = start + self.batch_size
             results.extend(self._caption_batch(images[start:stop], prompts[start:stop], keys[start:stop]))
+            start = stop
         return results
 
     def caption_stream(
@@ -686,6 +891,14 @@ class Captioner:
         self, images: list[Image.Image], prompts: list[str], keys: list[str], prepared: Any = None
     ) -> list[CaptionResult]:
         n = len(images)
+        if n > self.batch_size:
+            # The batch size dropped after an out-of-memory split (batches prepared before it are
+            # larger): run them at the size that fitted instead of running out of memory again.
+            out: list[CaptionResult] = []
+            for i in range(0, n, self.batch_size):
+                j = i + self.batch_size
+                out.extend(self._caption_batch(images[i:j], prompts[i:j], keys[i:j]))
+            return out
         if self.config.compile and 0 < n < self.batch_size:
             # A compiled decode step (CUDA graphs) is specialised to the batch size: a short last
             # batch would recompile (~30 s for a 7B model) for every new size. Padding it with copies
@@ -706,6 +919,8 @@ class Captioner:
         """Generate for a batch; on out-of-memory (or a preparation error) split it in halves and retry."""
         from recaption.captioner.sampling import row_seed
 
+        if self._fault is not None:
+            raise WorkerFault(self._fault)
         n = len(images)
         failure: str | None = None
         split_reason = ""
@@ -714,19 +929,22 @@ class Captioner:
         except Exception as e:  # one bad image must not fail the others: isolate it by splitting
             failure, split_reason = describe_error(e), "prepare"
         if failure is None:
+            too_long = self._over_limit(inputs)
+            if too_long:
+                return self._without_long_prompts(images, prompts, keys, too_long)
             seeds = [row_seed(self.config.seed, k) for k in keys]
             t0 = time.perf_counter()
             try:
                 new_ids = self._generate_ids(inputs, seeds)
             except Exception as e:
                 if not is_oom(e):
-                    reason = f"generation failed: {describe_error(e)}"
-                    return [self._error_result(reason, p) for p in prompts]
+                    return self._failed_batch(e, prompts)
                 failure, split_reason = describe_error(e), "oom"
             else:
                 self.stats.generate_s += time.perf_counter() - t0
                 self.stats.batches += 1
                 self.stats.batch_sizes.append(n)
+                self.stats.failed_batches_in_a_row = 0
                 return self._results(new_ids, prompts)
         # Reached only after a failure; the exception (and the tensors its frames hold) is gone now.
         inputs = prepared = None
@@ -740,10 +958,64 @@ class Captioner:
             return [self._error_result(reason, prompts[0])]
         if split_reason == "oom":
             self.stats.oom_splits += 1
+            # Keep the size that fits for the batches after this one (see _caption_batch).
+            self.batch_size = min(self.batch_size, max(1, -(-n // 2)))
         mid = n // 2
         return self._run_split(images[:mid], prompts[:mid], keys[:mid]) + self._run_split(
             images[mid:], prompts[mid:], keys[mid:]
         )
+
+    def _failed_batch(self, e: Exception, prompts: list[str]) -> list[CaptionResult]:
+        """A batch that raised (not out of memory): error rows, unless the worker itself is broken."""
+        reason = f"generation failed: {describe_error(e)}"
+        if is_accelerator_fault(e):
+            # The CUDA context is gone: every later batch would fail too. Stop the shard.
+            self._fault = f"accelerator fault, the worker cannot go on: {describe_error(e)}"
+            raise WorkerFault(self._fault) from e
+        self.stats.failed_batches_in_a_row += 1
+        if self.stats.failed_batches_in_a_row >= self.config.max_failed_batches:
+            self._fault = (
+                f"{self.stats.failed_batches_in_a_row} batches in a row failed "
+                f"(max_failed_batches); last: {reason}"
+            )
+            raise WorkerFault(self._fault) from e
+        return [self._error_result(reason, p) for p in prompts]
+
+    def _over_limit(self, inputs: Any) -> list[int]:
+        """Rows whose prompt is longer than this worker's limit (``max_prompt_tokens``)."""
+        if not self.max_prompt_tokens:
+            return []
+        mask = inputs.get("attention_mask") if hasattr(inputs, "get") else None
+        if mask is None:
+            length = int(inputs["input_ids"].shape[1])
+            return list(range(int(inputs["input_ids"].shape[0]))) if length > self.max_prompt_tokens else []
+        lengths = mask.sum(dim=1).tolist()
+        return [i for i, n in enumerate(lengths) if int(n) > self.max_prompt_tokens]
+
+    def _without_long_prompts(
+        self, images: list[Image.Image], prompts: list[str], keys: list[str], too_long: list[int]
+    ) -> list[CaptionResult]:
+        """Fail the over-long prompts alone, with the reason; caption the others."""
+        long = set(too_long)
+        keep = [i for i in range(len(images)) if i not in long]
+        done = (
+            self._run_split([images[i] for i in keep], [prompts[i] for i in keep], [keys[i] for i in keep])
+            if keep
+            else []
+        )
+        results: list[CaptionResult] = []
+        it = iter(done)
+        for i, p in enumerate(prompts):
+            if i in long:
+                reason = (
+                    f"prompt too long: more than this worker's limit of {self.max_prompt_tokens} tokens "
+                    f"(max_prompt_tokens; the static cache and batch size are sized from it): raise "
+                    f"max_prompt_text_tokens or max_prompt_tokens, or shorten the raw-caption hint"
+                )
+                results.append(self._error_result(reason, p))
+            else:
+                results.append(next(it))
+        return results
 
     def _free_memory(self) -> None:
         gc.collect()
@@ -797,6 +1069,27 @@ class Captioner:
         self.model = None
         self.processor = None
         self._free_memory()
+
+
+def expand2square(image: Image.Image, color: tuple[int, int, int]) -> Image.Image:
+    """LLaVA's ``expand2square``: the image centred on a square of ``color`` (its long side)."""
+    from PIL import Image
+
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    out = Image.new(image.mode, (side, side), color)
+    out.paste(image, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def _text_config(hf_config: Any) -> Any:
+    get = getattr(hf_config, "get_text_config", None)
+    try:
+        return get(decoder=True) if get is not None else None
+    except Exception:  # a config without a text part
+        return None
 
 
 def _min_side_needed(image_processor: Any) -> int:

@@ -34,6 +34,9 @@ _SEMANTIC = (
     "top_k",
     "seed",
     "max_image_pixels",
+    "image_aspect",
+    "max_prompt_tokens",
+    "max_prompt_text_tokens",
     "trust_remote_code",
 )
 
@@ -48,6 +51,7 @@ def caption_schema() -> Any:
             pa.field("prompt", pa.string()),  # the exact instruction text given to the model
             pa.field("prompt_name", pa.string()),  # sam | laion | custom
             pa.field("prompt_fallback", pa.bool_()),  # the raw caption was empty: fallback prompt used
+            pa.field("image_aspect", pa.string()),  # pad (to a square, LLaVA-1.5) | crop (the processor's)
             pa.field("model_id", pa.string()),
             pa.field("model_revision", pa.string()),
             pa.field("num_tokens", pa.int32()),  # generated tokens, end-of-sequence included
@@ -204,6 +208,7 @@ class CaptionStage(Stage):
             prompt=rendered.text,
             prompt_name=self._template.name if not rendered.fallback else "sam",
             prompt_fallback=rendered.fallback,
+            image_aspect=self._captioner.image_aspect if self._captioner else None,
             model_id=res.model_id or (self._captioner.model_id if self._captioner else None),
             model_revision=res.revision or (self._captioner.revision if self._captioner else None),
             num_tokens=res.num_tokens if ok else 0,

@@ -19,11 +19,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from recaption.errors import ConfigError, RecaptionError
+from recaption.errors import ConfigError, RecaptionError, WorkerFault
 from recaption.readers.base import InputShard
 from recaption.runner.base import RunSummary, log, prepare_output, run_shard
 from recaption.runner.progress import ProgressGroup, StageProgress
 from recaption.stage import Resources, Stage
+
+WORKER_FAULT_EXIT_CODE = 75  # a worker that found itself broken (EX_TEMPFAIL: retry elsewhere)
 
 
 @dataclass
@@ -54,7 +56,15 @@ class StageWorker:
         import socket
 
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        return run_shard(self.stage, InputShard.from_dict(shard), output, extra={"worker": worker})
+        try:
+            return run_shard(self.stage, InputShard.from_dict(shard), output, extra={"worker": worker})
+        except WorkerFault as e:
+            # This process is broken (a CUDA fault poisons its context): it must take no other shard.
+            # Exiting makes the driver see a dead actor and redo the shard on a fresh one.
+            log.error(
+                "worker %s stops: %s (shard %s is retried on a fresh worker)", worker, e, shard.get("index")
+            )
+            os._exit(WORKER_FAULT_EXIT_CODE)
 
     def teardown(self) -> None:
         self.stage.teardown()

@@ -224,12 +224,20 @@ class _OOMAbove(Captioner):
         super().__init__(*a, **kw)
         self.calls: list[int] = []
 
-    def _generate_ids(self, inputs, seeds):
+    def _generate_ids(self, inputs, seeds, **kw):
         n = int(inputs["input_ids"].shape[0])
+        if not self.loaded_once:  # the probe caption in load()
+            return super()._generate_ids(inputs, seeds, **kw)
         self.calls.append(n)
         if n > self.limit:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return super()._generate_ids(inputs, seeds)
+        return super()._generate_ids(inputs, seeds, **kw)
+
+    def load(self):
+        self.loaded_once = False
+        super().load()
+        self.loaded_once = True
+        return self
 
 
 def test_oom_batch_is_split_and_nothing_is_lost(tiny_llava, generated_images):
@@ -322,7 +330,7 @@ class _RecordSizes(Captioner):
         super().__init__(*a, **kw)
         self.sizes: list[int] = []
 
-    def _generate_ids(self, inputs, seeds):
+    def _generate_ids(self, inputs, seeds, **kw):
         n = int(inputs["input_ids"].shape[0])
         self.sizes.append(n)
         return [[10 + i, 2] for i in range(n)]  # row i says token 10+i, then EOS (id 2)
@@ -330,11 +338,218 @@ class _RecordSizes(Captioner):
 
 def test_compile_pads_a_short_last_batch_to_one_shape(tiny_llava, generated_images):
     cap = _RecordSizes(CaptionerConfig(model=tiny_llava, batch_size=4, compile=True, cache="static")).load()
+    cap.sizes.clear()  # the probe caption
     results = cap.caption(generated_images, [SAM_PROMPT] * 6)  # 4 + 2
     assert cap.sizes == [4, 4]
     assert len(results) == 6
     assert [r.num_tokens for r in results] == [2] * 6
     assert cap.stats.images == 6
     plain = _RecordSizes(CaptionerConfig(model=tiny_llava, batch_size=4)).load()
-    plain.caption(generated_images, [SAM_PROMPT] * 6)
+    plain.sizes.clear()
+    expected = plain.caption(generated_images, [SAM_PROMPT] * 6)
     assert plain.sizes == [4, 2]  # without compile nothing is padded
+    # The short batch's own rows are kept, not the padding copies' (row i answers token 10 + i).
+    assert [r.text for r in results] == [r.text for r in expected]
+    assert len({r.text for r in results[:4]}) == 4  # (the rows' answers can be told apart)
+
+
+# ---------------------------------------------------------------- a broken worker is not bad data
+class _Faulty(Captioner):
+    """Raises ``error`` on the calls listed in ``fail_on`` (0-based, probe excluded)."""
+
+    def __init__(self, *a, error=None, fail_on=(), **kw):
+        super().__init__(*a, **kw)
+        self.error, self.fail_on, self.calls = error, set(fail_on), 0
+        self.probing = True
+
+    def load(self):
+        super().load()
+        self.probing = False
+        return self
+
+    def _generate_ids(self, inputs, seeds, **kw):
+        if not self.probing:
+            call, self.calls = self.calls, self.calls + 1
+            if call in self.fail_on:
+                raise self.error
+        return super()._generate_ids(inputs, seeds, **kw)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+        RuntimeError("CUDA error: device-side assert triggered"),
+        RuntimeError("CUDA error: uncorrectable ECC error encountered"),
+        RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling cublasGemmEx"),
+    ],
+)
+def test_accelerator_fault_fails_the_shard_not_the_samples(tiny_llava, generated_images, error):
+    from recaption.errors import WorkerFault
+
+    cap = _Faulty(CaptionerConfig(model=tiny_llava, max_new_tokens=4, batch_size=2), error=error, fail_on={1})
+    cap.load()
+    assert [r.ok for r in cap.caption(generated_images[:2], [SAM_PROMPT] * 2)] == [True, True]
+    with pytest.raises(WorkerFault, match="accelerator fault"):
+        cap.caption(generated_images[2:4], [SAM_PROMPT] * 2)
+    # the worker stays broken: a later batch raises at once, without calling the model
+    with pytest.raises(WorkerFault):
+        cap.caption(generated_images[:2], [SAM_PROMPT] * 2)
+    assert cap.calls == 2
+    assert cap.stats.failed == 0  # no sample was written off as an error row
+
+
+def test_consecutive_failed_batches_fail_the_shard(tiny_llava, generated_images):
+    from recaption.errors import WorkerFault
+
+    err = ValueError("Image features and image tokens do not match: tokens: 4, features 8")
+    cfg = CaptionerConfig(model=tiny_llava, max_new_tokens=4, batch_size=1, max_failed_batches=3)
+    cap = _Faulty(cfg, error=err, fail_on={0, 1, 3, 4, 5}).load()
+    out = cap.caption(generated_images[:4], [SAM_PROMPT] * 4)  # fail, fail, ok (resets), fail
+    assert [r.ok for r in out] == [False, False, True, False]
+    assert all("Image features and image tokens do not match" in r.error for r in out if not r.ok)
+    with pytest.raises(WorkerFault, match="3 batches in a row failed"):
+        cap.caption(generated_images[:2], [SAM_PROMPT] * 2)  # the 2nd and 3rd failure in a row
+
+
+def test_a_broken_processor_fails_at_load_naming_the_cause(tiny_llava, tmp_path):
+    folder = tmp_path / "mismatch"
+    shutil.copytree(tiny_llava, folder)
+    cfg_file = folder / "processor_config.json"
+    proc = json.loads(cfg_file.read_text())
+    proc["patch_size"] = 7  # the processor now writes 16 image tokens for the model's 4 features
+    cfg_file.write_text(json.dumps(proc))
+    with pytest.raises(ConfigError) as info:
+        Captioner(CaptionerConfig(model=str(folder), max_new_tokens=4)).load()
+    msg = str(info.value)
+    assert str(folder) in msg
+    assert "probe" in msg
+    assert "image" in msg.lower() and "match" in msg.lower()  # transformers' own reason is kept
+
+
+def test_accelerator_fault_classification():
+    from recaption.captioner.model import is_accelerator_fault
+
+    assert is_accelerator_fault(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert is_accelerator_fault(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not is_accelerator_fault(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert not is_accelerator_fault(RuntimeError("CUDA error: out of memory"))
+    assert not is_accelerator_fault(ValueError("Image features and image tokens do not match"))
+
+
+# ---------------------------------------------------------------- batch size after out of memory
+def test_after_an_oom_split_later_batches_use_the_size_that_fitted(tiny_llava, generated_images):
+    images = generated_images * 2  # 12
+    cap = _OOMAbove(CaptionerConfig(model=tiny_llava, max_new_tokens=4, batch_size=4)).load()
+    results = cap.caption(images, [SAM_PROMPT] * 12)
+    assert len(results) == 12
+    assert all(r.ok for r in results)
+    assert cap.calls == [4, 2, 2, 2, 2, 2, 2]  # one failed attempt, not one per batch
+    assert cap.batch_size == 2
+    assert cap.stats.oom_splits == 1
+
+
+def test_stream_batches_prepared_before_the_split_are_cut_to_the_new_size(tiny_llava, generated_images):
+    cap = _OOMAbove(
+        CaptionerConfig(model=tiny_llava, max_new_tokens=4, batch_size=4, prefetch_depth=3)
+    ).load()
+    items = list(range(12))
+    out = list(cap.caption_stream(items, lambda i: (generated_images[i % 6], SAM_PROMPT), key=str))
+    assert [i for i, _ in out] == items
+    assert all(r.ok for _, r in out)
+    assert cap.calls.count(4) == 1
+
+
+# ---------------------------------------------------------------- one prompt-length limit per worker
+def test_cache_length_is_fixed_per_worker_from_the_prompt_limit(tiny_llava):
+    from recaption.captioner.budget import round_cache_len
+
+    cap = _captioner(tiny_llava, cache="static", max_new_tokens=16)
+    assert cap.max_prompt_tokens == cap.estimate_prompt_tokens()
+    assert cap.max_cache_len == round_cache_len(cap.max_prompt_tokens + 16)
+    # every accepted prompt length gets the same cache: no growth, no reallocation
+    lengths = {cap.generation_config(n).max_cache_len for n in (5, 40, cap.max_prompt_tokens)}
+    assert lengths == {cap.max_cache_len}
+
+
+def test_a_prompt_over_the_limit_fails_alone_with_the_reason(tiny_llava, generated_images):
+    cap = _captioner(tiny_llava, batch_size=3, max_prompt_tokens=40)
+    long_prompt = "Describe " + "the very long raw caption " * 20
+    results = cap.caption(generated_images[:3], [SAM_PROMPT, long_prompt, SAM_PROMPT])
+    assert [r.ok for r in results] == [True, False, True]
+    assert "prompt too long" in results[1].error
+    assert "40 tokens" in results[1].error
+    expected = _captioner(tiny_llava, batch_size=1).caption(
+        [generated_images[0], generated_images[2]], [SAM_PROMPT] * 2
+    )
+    assert [results[0].text, results[2].text] == [r.text for r in expected]
+
+
+# ---------------------------------------------------------------- LLaVA-1.5 sees the whole image
+def _striped(width: int = 90, height: int = 30):
+    """Grey in the middle, pure red in the outer sixths: a centre crop loses every red pixel."""
+    from PIL import Image
+
+    im = Image.new("RGB", (width, height), (128, 128, 128))
+    im.paste((255, 0, 0), (0, 0, width // 6, height))
+    im.paste((255, 0, 0), (width - width // 6, 0, width, height))
+    return im
+
+
+def test_llava_pads_to_a_square_with_the_image_mean_by_default(tiny_llava):
+    cap = _captioner(tiny_llava)
+    assert cap.image_aspect == "pad"  # model type llava: LLaVA-1.5's image_aspect_ratio pad
+    shown = cap.model_image(_striped())
+    assert shown.size == (90, 90)
+    mean = tuple(int(x * 255) for x in cap.processor.image_processor.image_mean)
+    assert shown.getpixel((45, 2)) == mean  # LLaVA's expand2square background
+    assert shown.getpixel((2, 45)) == (255, 0, 0)  # the sides are still there
+
+    def red_share(c: Captioner) -> float:
+        px = c.prepare([_striped()], [SAM_PROMPT])["pixel_values"][0]
+        red = torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(c.processor.image_processor.image_mean)
+        red = red / torch.tensor(c.processor.image_processor.image_std)
+        return float(((px - red[:, None, None]).abs().amax(0) < 0.1).float().mean())
+
+    cropped = _captioner(tiny_llava, image_aspect="crop")
+    assert cropped.image_aspect == "crop"
+    assert cropped.model_image(_striped()).size == (90, 30)
+    assert red_share(cropped) == 0.0  # the centre crop cut the sides away
+    assert red_share(cap) > 0.05  # the outer thirds of the long side, blurred by the resize
+
+
+def test_padded_square_stays_under_the_pixel_cap(tiny_llava):
+    cap = _captioner(tiny_llava, max_image_pixels=64 * 64)
+    shown = cap.model_image(_striped(400, 100))
+    assert shown.width == shown.height
+    assert shown.width * shown.height <= 64 * 64
+
+
+# ---------------------------------------------------------------- dtype and reproducibility
+def test_auto_dtype_keeps_the_checkpoints_half_dtype():
+    from recaption.captioner.model import auto_dtype
+
+    assert auto_dtype("float16", "cuda", bf16_supported=True) == "float16"  # llava-1.5-7b-hf
+    assert auto_dtype("torch.bfloat16", "cuda:1", bf16_supported=True) == "bfloat16"
+    assert auto_dtype("bfloat16", "cuda", bf16_supported=False) == "float16"
+    assert auto_dtype("float32", "cuda", bf16_supported=True) == "bfloat16"
+    assert auto_dtype(None, "cuda", bf16_supported=True) == "bfloat16"
+    assert auto_dtype("float16", "cpu", bf16_supported=False) == "float32"
+
+
+def test_fp32_captions_do_not_depend_on_the_batch(tiny_llava, generated_images):
+    """The guarantee the README states: in float32 a sample's caption is the same alone or batched."""
+    prompts = [SAM_PROMPT, "Describe the colours", "What is it?", SAM_PROMPT, "Short", SAM_PROMPT]
+    keys = [f"k{i}" for i in range(6)]
+    for kw in ({}, {"do_sample": True, "temperature": 1.0, "seed": 5}):
+        runs = [
+            [
+                r.text
+                for r in _captioner(tiny_llava, batch_size=b, max_new_tokens=12, **kw).caption(
+                    generated_images, prompts, keys
+                )
+            ]
+            for b in (1, 4, 6)
+        ]
+        assert runs[0] == runs[1] == runs[2]
+        assert len(set(runs[0])) > 1

@@ -69,6 +69,11 @@ def test_caption_shards_with_every_column(tiny_llava_dir: str, sam_tars: Path, t
     fails = read_failures(str(out))
     assert list(fails[fails.severity == "error"].key) == ["sa_9"]
     assert fails[fails.key == "sa_9"].stage.iloc[0] == "caption"
+    # the manifest says why, in the words the row has (not a placeholder)
+    errors = fails[fails.severity == "error"].set_index("key").reason
+    assert errors["sa_9"] == bad.error
+    assert "truncated" in errors["sa_9"]
+    assert (good.image_aspect == "pad").all()  # LLaVA-1.5 sees the whole image
 
 
 def test_length_limit_is_kept_and_flagged(tiny_llava_dir: str, sam_tars: Path, tmp_path: Path):
@@ -199,6 +204,81 @@ def test_bad_image_does_not_kill_the_batch(tiny_llava_dir: str, tmp_path: Path):
     assert df.loc[[f"ok{i}" for i in range(5)], "error"].isna().all()
     assert "empty file" in df.loc["empty", "error"]
     assert "too small" in df.loc["one_px", "error"]
+    fails = read_failures(str(out))
+    errors = fails[fails.severity == "error"].set_index("key").reason
+    assert "empty file" in errors["empty"]
+    assert "too small" in errors["one_px"]
+
+
+def test_generation_errors_reach_the_manifest_with_their_reason(
+    tiny_llava_dir: str, sam_tars: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from recaption.captioner.model import Captioner
+
+    real = Captioner._generate_ids
+
+    def failing(self, inputs, seeds, max_new_tokens=None):
+        if max_new_tokens is None:  # not the probe in load()
+            raise ValueError("Image features and image tokens do not match")
+        return real(self, inputs, seeds, max_new_tokens)
+
+    monkeypatch.setattr(Captioner, "_generate_ids", failing)
+    out = tmp_path / "o"
+    stage = CaptionStage(source=open_source(str(sam_tars)), model=cfg(tiny_llava_dir, max_failed_batches=9))
+    run_local(stage, str(out), progress=False)
+    fails = read_failures(str(out))
+    errors = fails[fails.severity == "error"].set_index("key").reason
+    assert len(errors) == 8
+    assert "truncated" in errors["sa_9"]
+    assert all(errors.drop("sa_9").str.contains("generation failed: ValueError: Image features"))
+
+
+def test_accelerator_fault_fails_the_shard_and_commits_nothing(
+    tiny_llava_dir: str, sam_tars: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from recaption.captioner.model import Captioner
+
+    real = Captioner._generate_ids
+
+    def faulty(self, inputs, seeds, max_new_tokens=None):
+        if max_new_tokens is None:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(self, inputs, seeds, max_new_tokens)
+
+    out = tmp_path / "o"
+    with monkeypatch.context() as m:
+        m.setattr(Captioner, "_generate_ids", faulty)
+        summary = run_local(
+            CaptionStage(source=open_source(str(sam_tars)), model=cfg(tiny_llava_dir)), str(out)
+        )
+    assert sorted(summary.failed) == [0, 1, 2]
+    assert all("illegal memory access" in r for r in summary.failed.values())
+    assert not list(out.glob("part-*.parquet"))  # no shard of error rows was committed
+    # a rerun on a healthy worker captions every shard
+    summary = run_local(CaptionStage(source=open_source(str(sam_tars)), model=cfg(tiny_llava_dir)), str(out))
+    assert summary.ok
+    assert len(pd.read_parquet(out).dropna(subset=["dense_caption"])) == 7
+
+
+def test_a_broken_ray_worker_exits_so_its_shard_is_retried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from recaption.errors import WorkerFault
+    from recaption.runner import ray as ray_runner
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        raise Exited(code)
+
+    def broken_shard(*a, **kw):
+        raise WorkerFault("accelerator fault, the worker cannot go on: CUDA error")
+
+    monkeypatch.setattr(ray_runner.os, "_exit", fake_exit)
+    monkeypatch.setattr(ray_runner, "run_shard", broken_shard)
+    worker = ray_runner.StageWorker(stage=None)  # type: ignore[arg-type]
+    with pytest.raises(Exited) as info:
+        worker.process({"index": 0, "uri": "x"}, str(tmp_path))
+    assert info.value.args == (ray_runner.WORKER_FAULT_EXIT_CODE,)
 
 
 @pytest.mark.slow
