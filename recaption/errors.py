@@ -95,3 +95,17 @@ class WorkerFault(RecaptionError, RuntimeError):
     def __init__(self, message: str) -> None:
         self._init_args = (message,)
         super().__init__(message)
+
+
+class ModelUnavailableError(RecaptionError, OSError):
+    """A model given by hub id that is not in the local cache and cannot be fetched (no network,
+    offline mode): the value may be right; where to get the model from is the problem."""
+
+    def __init__(self, option: str, model: str, problem: str, hint: str = "") -> None:
+        self._init_args = (option, model, problem, hint)
+        self.option = option
+        self.model = model
+        msg = f"{option} {model!r}: the model could not be fetched: {problem}"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)

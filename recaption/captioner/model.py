@@ -495,6 +495,11 @@ class Captioner:
             raise ConfigError(
                 "model", model, "a Hugging Face hub id or a local folder", hint="no such folder"
             )
+        from recaption.hub import require_model
+
+        require_model(
+            model, "model", revision=self.config.revision, local_files_only=self.config.local_files_only
+        )
         return model
 
     def _check_vlm(self, hf_config: Any) -> None:

@@ -128,7 +128,8 @@ class TextEncoderConfig:
     attention: str = "sdpa"  # for kernel="transformers"
     compile: bool | None = None  # torch.compile the fused block; None: on cuda (falls back if it fails)
     keep_fp32_wo: bool = False
-    use_safetensors: bool | None = None  # None: safetensors when the repo has them
+    # Pickled .bin/.pt weights can run code when loaded: refused, as the captioner and VAE do.
+    use_safetensors: bool | None = True
     local_files_only: bool = False
 
     def __post_init__(self) -> None:
@@ -487,6 +488,15 @@ class TextEncoder:
         cfg = self.config
         source = cfg.resolved_model
         common: dict[str, Any] = {"revision": cfg.revision, "local_files_only": cfg.local_files_only}
+        from recaption.hub import require_model
+
+        require_model(
+            source,
+            "--t5-model",
+            revision=cfg.revision,
+            subfolder=cfg.model_subfolder,
+            local_files_only=cfg.local_files_only,
+        )
         try:
             model_config = AutoConfig.from_pretrained(source, subfolder=cfg.model_subfolder or "", **common)
         except (OSError, ValueError, KeyError) as e:
@@ -512,7 +522,15 @@ class TextEncoder:
             load_kwargs["use_safetensors"] = cfg.use_safetensors
         if device.type == "cuda":
             load_kwargs["device_map"] = {"": device}
-        model = T5EncoderModel.from_pretrained(source, **load_kwargs)
+        try:
+            model = T5EncoderModel.from_pretrained(source, **load_kwargs)
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                "--t5-model",
+                source,
+                "a T5 encoder with safetensors weights" if cfg.use_safetensors else "a T5 encoder",
+                hint=_weights_hint(e, bool(cfg.use_safetensors), source, cfg.model_subfolder),
+            ) from None
         self.attach(model, tokenizer)
         return self
 
@@ -731,6 +749,18 @@ def _split_batch(
         arr = _to_numpy(chunk)
         # Own memory per caption: the pinned buffer goes back to the allocator's cache.
         results[i] = arr.copy() if done is not None else arr
+
+
+def _weights_hint(e: BaseException, safetensors_only: bool, source: str, subfolder: str | None) -> str:
+    """Why weights did not load; names the folder and the safetensors rule where that is the cause."""
+    hint = f"cannot load its weights: {first_line(e)}"
+    if safetensors_only and "safetensors" in str(e).lower():
+        where = f"{source}/{subfolder}" if subfolder else source
+        hint += (
+            f" (only safetensors weights are loaded: {where} has none; pickled .bin/.pt/.ckpt "
+            "weights are refused because loading them can run code; convert them to safetensors)"
+        )
+    return hint
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -448,7 +448,17 @@ class ImageEncoder:
         on_gpu = self.device.type == "cuda"
         dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
         self.compute_dtype = getattr(torch, dtype)
-        kwargs: dict[str, Any] = {"local_files_only": cfg.local_files_only}
+        from recaption.hub import require_model
+
+        require_model(
+            cfg.model_id,
+            "--vae-model",
+            revision=cfg.revision,
+            subfolder=cfg.subfolder,
+            local_files_only=cfg.local_files_only,
+        )
+        # Pickled .bin/.pt weights can run code when loaded: refused, as the captioner and T5 do.
+        kwargs: dict[str, Any] = {"local_files_only": cfg.local_files_only, "use_safetensors": True}
         if cfg.revision:
             kwargs["revision"] = cfg.revision
         if cfg.subfolder:
@@ -460,7 +470,7 @@ class ImageEncoder:
                 "--vae-model",
                 cfg.model_id,
                 "a Hugging Face hub id or a local folder holding an AutoencoderKL",
-                hint=f"cannot load it: {first_line(e)}",
+                hint=_load_hint(e, cfg.model_id, cfg.subfolder),
             ) from None
         want = cfg.preset_info.latent_channels
         got = int(vae.config.latent_channels)
@@ -692,6 +702,17 @@ class ImageEncoder:
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
         out = torch.cat([mean, std], dim=1).to(getattr(torch, cfg.store_dtype))
         return out.cpu() if to_cpu else out
+
+
+def _load_hint(e: BaseException, model: str, subfolder: str | None) -> str:
+    hint = f"cannot load it: {first_line(e)}"
+    if "safetensors" in str(e).lower():
+        where = f"{model}/{subfolder}" if subfolder else model
+        hint += (
+            f" (only safetensors weights are loaded: {where} has none; pickled .bin/.pt/.ckpt "
+            "weights are refused because loading them can run code; convert them to safetensors)"
+        )
+    return hint
 
 
 def _to_numpy(t: Any, store_dtype: str) -> np.ndarray:

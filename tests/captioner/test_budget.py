@@ -165,7 +165,7 @@ def test_share_of_a_gpu():
     assert share_of_free_memory(127 * gib, 141 * gib, 1.0) == 127 * gib
     assert share_of_free_memory(127 * gib, 141 * gib, 0.5) == int(70.5 * gib)
     assert share_of_free_memory(40 * gib, 141 * gib, 0.5) == 40 * gib
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="gpu_share"):
         share_of_free_memory(1, 1, 0)
 
 

@@ -69,13 +69,46 @@ def test_config_is_picklable_and_cheap():
 
 
 # ---------------------------------------------------------------- loading the wrong thing
-def test_missing_hub_id_fails_fast_naming_it():
+def test_missing_hub_id_offline_fails_fast_with_one_clear_message(monkeypatch, caplog):
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor  # imported: not timed
+
+    from recaption.errors import ModelUnavailableError
+
+    assert AutoConfig and AutoProcessor and AutoModelForImageTextToText
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ModelUnavailableError) as info:
         Captioner(CaptionerConfig(model="no-such-org/no-such-model")).load()
-    assert time.perf_counter() - t0 < 10
-    assert "no-such-org/no-such-model" in str(info.value)
+    assert time.perf_counter() - t0 < 3  # no hub retries
+    msg = str(info.value)
+    assert msg.startswith("model 'no-such-org/no-such-model': the model could not be fetched")
+    assert "offline mode is on" in msg
+    assert "local folder" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert "invalid value" not in msg  # the id may be right: the network is the problem
     assert info.value.option == "model"
+    assert not [r for r in caplog.records if "retry" in r.getMessage().lower()]
+
+
+def test_unreachable_hub_is_told_apart_from_a_wrong_id(monkeypatch):
+    """Online but no network: one lookup fails fast and says so (no 35 s of retries)."""
+    import huggingface_hub
+
+    from recaption.errors import ModelUnavailableError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    def no_network(self, repo_id, **kw):
+        calls.append((repo_id, kw.get("timeout")))
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_network)
+    with pytest.raises(ModelUnavailableError, match=r"did not answer \(ConnectionError; no network") as info:
+        Captioner(CaptionerConfig(model="some-org/some-vlm")).load()
+    assert calls == [("some-org/some-vlm", 5.0)]
+    assert "HF_HUB_OFFLINE=1" in str(info.value)
 
 
 def test_missing_folder_fails_naming_it(tmp_path):

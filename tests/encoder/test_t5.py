@@ -391,3 +391,37 @@ def test_gpu_bfloat16_fused_matches_transformers(tiny_model, compile_):
     for g, w in zip(got, want, strict=True):
         assert g.length == w.length
         np.testing.assert_allclose(g.to_float32(), w.to_float32(), rtol=0.05, atol=0.05)
+
+
+# ---------------------------------------------------------------- unsafe weights, missing models
+def test_pickled_t5_weights_are_refused_naming_the_folder_and_the_rule(tmp_path):
+    from safetensors.torch import load_file
+
+    # transformers 5 saves only safetensors (no safe_serialization=False): write the pickle by hand
+    folder = Path(build_tiny_t5(tmp_path / "pickled"))
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    assert (folder / "pytorch_model.bin").exists()
+    assert not (folder / "model.safetensors").exists()
+    with pytest.raises(ConfigError) as info:
+        make(str(folder))
+    msg = str(info.value)
+    assert str(folder) in msg
+    assert "only safetensors weights are loaded" in msg
+    assert "pickled" in msg
+
+
+def test_offline_unknown_t5_fails_fast_with_one_clear_message(monkeypatch):
+    import time
+
+    from recaption.errors import ModelUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as info:
+        TextEncoder(TextEncoderConfig(model="no-such-org/no-such-t5", device="cpu")).load()
+    assert time.perf_counter() - t0 < 3
+    msg = str(info.value)
+    assert msg.startswith("--t5-model 'no-such-org/no-such-t5': the model could not be fetched")
+    assert "HF_HUB_OFFLINE=1" in msg and "local folder" in msg
+    assert "invalid value" not in msg

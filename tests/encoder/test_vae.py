@@ -308,3 +308,32 @@ def test_real_photos_decoded_by_the_foundation_encode_at_their_buckets(encoder: 
         assert r.bucket == bucket
         assert r.latent.shape == (8, bucket.height // 8, bucket.width // 8)
         assert np.isfinite(r.as_float32()).all()
+
+
+def test_pickled_vae_weights_are_refused_naming_the_folder_and_the_rule(tmp_path, vae_dir: str) -> None:
+    from diffusers import AutoencoderKL
+
+    folder = tmp_path / "pickled"
+    AutoencoderKL.from_pretrained(vae_dir).save_pretrained(folder, safe_serialization=False)
+    assert (folder / "diffusion_pytorch_model.bin").exists()
+    assert not (folder / "diffusion_pytorch_model.safetensors").exists()
+    with pytest.raises(ConfigError) as info:
+        ImageEncoder(VaeConfig(model=str(folder))).load()
+    msg = str(info.value)
+    assert str(folder) in msg
+    assert "only safetensors weights are loaded" in msg
+
+
+def test_offline_unknown_vae_fails_fast_with_one_clear_message(monkeypatch) -> None:
+    import time
+
+    from recaption.errors import ModelUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as info:
+        ImageEncoder(VaeConfig(model="no-such-org/no-such-vae")).load()
+    assert time.perf_counter() - t0 < 3
+    msg = str(info.value)
+    assert msg.startswith("--vae-model 'no-such-org/no-such-vae': the model could not be fetched")
+    assert "HF_HUB_OFFLINE=1" in msg
