@@ -312,10 +312,19 @@ class EncodeStage(Stage):
             | {"width": r.get("width"), "height": r.get("height")}
             for r, _ in ok
         ]
+        failed: set[int] = set()
         if self._text_enc is not None:
+            import numpy as np
+
             for f in self.fields:
                 feats = self._text_enc.encode([r[FIELD_COLUMNS[f]] for r, _ in ok])
-                for row, (r, _), feat in zip(rows, ok, feats, strict=True):
+                for i, (row, (r, _), feat) in enumerate(zip(rows, ok, feats, strict=True)):
+                    if not np.isfinite(feat.to_float32()).all():
+                        if i not in failed:
+                            why = f"the {f} caption's T5 features are not finite (NaN or inf): not stored"
+                            out.fail(self._failure(r, why))
+                        failed.add(i)
+                        continue
                     row.update(
                         S.text_row(
                             f, feat.features, text=feat.text, truncated=feat.truncated, dtype=feat.dtype
@@ -349,12 +358,29 @@ class EncodeStage(Stage):
             sizes = [v[1] for _, v in ok]
             for row, (w, h) in zip(rows, sizes, strict=True):
                 row["width"], row["height"] = w, h
-            for row, per_res in zip(rows, self._image_enc.encode_all(images, sizes), strict=True):
+            for i, (row, per_res) in enumerate(
+                zip(rows, self._image_enc.encode_all(images, sizes), strict=True)
+            ):
+                errors = [lat.error for lat in per_res.values() if lat.error]
+                if errors:
+                    if i not in failed:
+                        out.fail(self._failure(ok[i][0], errors[0]))
+                    failed.add(i)
+                    continue
                 for lat in per_res.values():
                     row.update(lat.row())
-            for row, per_res in zip(rows, self._image_enc.encode_all_square(images, sizes), strict=True):
+            for i, (row, per_res) in enumerate(
+                zip(rows, self._image_enc.encode_all_square(images, sizes), strict=True)
+            ):
+                errors = [lat.error for lat in per_res.values() if getattr(lat, "error", None)]
+                if errors:
+                    if i not in failed:
+                        out.fail(self._failure(ok[i][0], errors[0]))
+                    failed.add(i)
+                    continue
                 for lat in per_res.values():
                     row.update(lat.square_row())
+        rows = [row for i, row in enumerate(rows) if i not in failed]
         out.count("encoded", len(rows))
         return rows
 

@@ -363,7 +363,9 @@ class FusedT5Encoder:
         try:
             out = self._layers(h, bias)
         except Exception as exc:
-            if not self.compiled:
+            if not self.compiled or not is_compiler_error(exc):
+                # Out of memory and accelerator faults are not the compiler's: falling back would
+                # hide them and run the rest of the job slowly on a broken or full device.
                 raise
             # A compiler that fails on this machine (no C compiler for Triton, an unsupported GPU)
             # costs speed, not the job: the same block runs uncompiled.
@@ -682,7 +684,11 @@ class TextEncoder:
                 # Flat positions of the real tokens: selecting them needs no device sync, unlike a
                 # boolean mask, so the host can prepare the next batch while the device computes.
                 index = torch.nonzero(mask.view(-1), as_tuple=True)[0]
-                hidden = self.forward(input_ids.to(device), mask.to(device))
+                if cuda:  # pinned host memory: the copies are asynchronous and overlap the previous batch
+                    input_ids, mask = input_ids.pin_memory(), mask.pin_memory()
+                hidden = self.forward(
+                    input_ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+                )
                 real = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index.to(device)).to(store)
                 if cuda:  # only the real tokens leave the device, asynchronously, into pinned memory
                     host = torch.empty(real.shape, dtype=store, pin_memory=True)
@@ -749,6 +755,28 @@ def _split_batch(
         arr = _to_numpy(chunk)
         # Own memory per caption: the pinned buffer goes back to the allocator's cache.
         results[i] = arr.copy() if done is not None else arr
+
+
+def is_compiler_error(e: BaseException) -> bool:
+    """Whether an exception comes from ``torch.compile`` itself (Dynamo, Inductor, Triton, a C compiler).
+
+    Out-of-memory errors and CUDA faults raised while running compiled code are not: they propagate.
+    """
+    from recaption.captioner.model import is_accelerator_fault, is_oom
+
+    if is_oom(e) or is_accelerator_fault(e):
+        return False
+    try:
+        from torch._dynamo.exc import BackendCompilerFailed, TorchRuntimeError, Unsupported
+
+        if isinstance(e, BackendCompilerFailed | Unsupported | TorchRuntimeError):
+            return True
+    except ImportError:  # a torch without dynamo: the names below decide
+        pass
+    if any(c.__module__.startswith(("torch._dynamo", "torch._inductor", "triton")) for c in type(e).__mro__):
+        return True
+    text = f"{type(e).__name__}: {e}".lower()
+    return any(k in text for k in ("inductor", "triton", "dynamo", "c compiler", "gcc", "cc1"))
 
 
 def _weights_hint(e: BaseException, safetensors_only: bool, source: str, subfolder: str | None) -> str:

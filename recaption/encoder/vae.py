@@ -28,11 +28,18 @@ full compile 46.7 images/s (x1.25), fused norms 40.3 (x1.08), eager NCHW 38.5, e
 head: no flash or cuDNN kernel) takes 4.6 ms/image with SDPA's memory-efficient kernel;
 ``attention="gemm"`` computes it exactly with two GEMMs (not yet measured on a GPU).
 
+Numerics: a VAE whose config sets ``force_upcast`` (the SDXL VAE: it overflows in float16) is
+refused in float16; a latent that is not finite fails that sample with a reason (``error``), never
+stored; the scale factor recorded is the loaded VAE's ``scaling_factor`` (a warning when it is not
+the preset's). Batches are sized by pixels (``batch_pixels``: as many 256² crops as 16 1024²
+ones), and a batch that runs out of memory is split in halves down to one image, as the captioner's.
+
 The model wrapper knows nothing of shards or Ray: PIL images in, :class:`LatentResult` out.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,6 +55,9 @@ from recaption.errors import ConfigError, first_line
 # Bump when preprocessing changes the pixels of finished shards, so a resumed run refuses to mix
 # them. 2: Lanczos at 2048 (PixArt-Σ), very wide images resized inside their crop window.
 PREPROCESS_RULES = 2
+MAX_BATCH_IMAGES = 256
+
+log = logging.getLogger("recaption.encoder.vae")
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,9 @@ class VaeConfig:
     # "crop": cover the bucket and centre-crop, as PixArt's training transform; "stretch": resize
     # straight to the bucket, as PixArt's tools/extract_features.py --multi_scale does
     resize: str = "crop"
-    batch_size: int = 8  # images per forward pass (all of one bucket)
+    batch_size: int = 8  # images per forward pass at 1024² (all of one bucket); see batch_pixels
+    # Pixels per forward pass (None: batch_size x 1024²): a 256² bucket then batches 16x the images.
+    batch_pixels: int | None = None
     max_ratio: float | None = None  # drop height/width above this; default: the preset's PixArt rule
     min_ratio: float | None = None  # also drop very wide images (PixArt keeps them)
     # None: channels-last whenever something is compiled. Alone it is slower on CUDA (measured 0.61x
@@ -160,6 +172,8 @@ class VaeConfig:
             raise ConfigError("vae attention", self.attention, ATTENTION_BACKENDS)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError("vae batch size", self.batch_size, "a positive integer")
+        if self.batch_pixels is not None and self.batch_pixels < 64 * 64:
+            raise ConfigError("vae batch pixels", self.batch_pixels, "an integer >= 4096, or None")
         if self.preprocess_threads < 0:
             raise ConfigError("vae preprocess threads", self.preprocess_threads, "0 or more")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -177,6 +191,11 @@ class VaeConfig:
     def drop_above(self) -> float:
         return self.max_ratio if self.max_ratio is not None else self.preset_info.max_ratio
 
+    def images_per_batch(self, height: int, width: int) -> int:
+        """Images of one bucket per forward pass: by pixels, so small buckets fill the GPU too."""
+        budget = self.batch_pixels or self.batch_size * 1024 * 1024
+        return max(1, min(MAX_BATCH_IMAGES, budget // max(1, height * width)))
+
 
 @dataclass
 class LatentResult:
@@ -192,6 +211,11 @@ class LatentResult:
     bucket: B.Bucket
     crop: B.CropBox
     orig_size: tuple[int, int]  # (width, height)
+    error: str | None = None  # why this image has no latent (non-finite values, out of memory)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
     @property
     def channels(self) -> int:
@@ -429,6 +453,8 @@ class ImageEncoder:
         self.channels_last = False
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self.scale_factor: float | None = None  # the loaded VAE's own scaling_factor
+        self.oom_splits = 0
 
     # -- loading ----------------------------------------------------------------------------------
     def load(self) -> ImageEncoder:
@@ -472,6 +498,22 @@ class ImageEncoder:
                 "a Hugging Face hub id or a local folder holding an AutoencoderKL",
                 hint=_load_hint(e, cfg.model_id, cfg.subfolder),
             ) from None
+        if getattr(vae.config, "force_upcast", False) and self.compute_dtype == torch.float16:
+            raise ConfigError(
+                "vae dtype",
+                cfg.dtype,
+                ("bfloat16", "float32"),
+                hint=f"{cfg.model_id} sets force_upcast: it overflows in float16 (diffusers upcasts it)",
+            )
+        self.scale_factor = float(getattr(vae.config, "scaling_factor", cfg.preset_info.scale_factor))
+        if abs(self.scale_factor - cfg.preset_info.scale_factor) > 1e-6:
+            log.warning(
+                "VAE %s has scaling_factor %g, preset %r says %g: the model's is recorded",
+                cfg.model_id,
+                self.scale_factor,
+                cfg.preset_info.name,
+                cfg.preset_info.scale_factor,
+            )
         want = cfg.preset_info.latent_channels
         got = int(vae.config.latent_channels)
         if got != want:
@@ -538,7 +580,7 @@ class ImageEncoder:
             model_id=cfg.model_id,
             revision=cfg.revision,
             latent_channels=self.latent_channels,
-            scale_factor=cfg.preset_info.scale_factor,
+            scale_factor=self.scale_factor if self.scale_factor is not None else cfg.preset_info.scale_factor,
             dtype=cfg.store_dtype,
             resolutions=list(cfg.resolutions),
             multiscale=cfg.multiscale,
@@ -643,20 +685,55 @@ class ImageEncoder:
         for p in prepared:
             groups.setdefault(p.bucket.key, []).append(p)
         outputs: list[tuple[list[_Prepared], Any]] = []
-        bs = self.config.batch_size
         for members in groups.values():
+            bs = self.config.images_per_batch(members[0].bucket.height, members[0].bucket.width)
             for start in range(0, len(members), bs):
                 chunk = members[start : start + bs]
                 arrays = [p.pixels.result() if isinstance(p.pixels, Future) else p.pixels for p in chunk]
                 for p in chunk:
                     p.pixels = np.empty(0, dtype=np.uint8)  # drop the reference early
-                outputs.append((chunk, self.encode_arrays(np.stack(arrays), to_cpu=False)))
+                outputs.extend(self._encode_split(chunk, np.stack(arrays)))
         results: list[LatentResult | None] = [None] * len(images)
         store = self.config.store_dtype
         for chunk, out in outputs:
-            for p, lat in zip(chunk, _to_numpy(out, store), strict=True):
-                results[p.index] = LatentResult(r, lat, store, p.bucket, p.crop, p.orig_size)
+            if isinstance(out, str):  # out of memory on a single image
+                for p in chunk:
+                    empty = np.empty(0, dtype=np.uint8)
+                    results[p.index] = LatentResult(r, empty, store, p.bucket, p.crop, p.orig_size, error=out)
+                continue
+            finite = _finite_rows(out)
+            for p, lat, ok in zip(chunk, _to_numpy(out, store), finite, strict=True):
+                error = (
+                    None if ok else f"the VAE gave non-finite latent values at {r}px (NaN or inf): not stored"
+                )
+                results[p.index] = LatentResult(r, lat, store, p.bucket, p.crop, p.orig_size, error=error)
         return [x for x in results if x is not None]
+
+    def _encode_split(self, chunk: list[_Prepared], pixels: np.ndarray) -> list[tuple[list[_Prepared], Any]]:
+        """Encode one bucket batch; out of memory splits it in halves (one image alone: its reason)."""
+        from recaption.captioner.model import is_oom
+
+        try:
+            return [(chunk, self.encode_arrays(pixels, to_cpu=False))]
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            reason = f"{type(e).__name__}: {first_line(e)}"
+        self._free_memory()
+        if len(chunk) == 1:
+            return [(chunk, f"out of memory on a single image (batch already split down to 1): {reason}")]
+        self.oom_splits += 1
+        mid = len(chunk) // 2
+        return self._encode_split(chunk[:mid], pixels[:mid]) + self._encode_split(chunk[mid:], pixels[mid:])
+
+    def _free_memory(self) -> None:
+        import gc
+
+        gc.collect()
+        if self.device is not None and self.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
 
     def encode_all(
         self, images: Sequence[Any], orig_sizes: Sequence[tuple[int, int]] | None = None
@@ -713,6 +790,13 @@ def _load_hint(e: BaseException, model: str, subfolder: str | None) -> str:
             "weights are refused because loading them can run code; convert them to safetensors)"
         )
     return hint
+
+
+def _finite_rows(t: Any) -> list[bool]:
+    """Per image of a batch: whether every value is finite."""
+    import torch
+
+    return torch.isfinite(t.float()).flatten(1).all(dim=1).tolist()
 
 
 def _to_numpy(t: Any, store_dtype: str) -> np.ndarray:

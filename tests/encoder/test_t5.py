@@ -191,9 +191,14 @@ def test_compile_is_off_on_cpu_by_default(tiny_model):
 
 
 def test_a_failing_compiler_falls_back_to_the_uncompiled_block(tiny_model, monkeypatch, caplog):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def inductor():  # named like the backend that failed
+        pass
+
     def broken_compile(fn, **kwargs):
         def compiled(*args):
-            raise RuntimeError("no compiler here")
+            raise BackendCompilerFailed(inductor, RuntimeError("no compiler here"), None)
 
         return compiled
 
@@ -208,6 +213,29 @@ def test_a_failing_compiler_falls_back_to_the_uncompiled_block(tiny_model, monke
     want = make(tiny_model, kernel="fused", compile=False).encode(CAPTIONS)
     for got, ref in zip(feats, want, strict=True):
         np.testing.assert_array_equal(got.features, ref.features)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+    ],
+)
+def test_oom_and_cuda_faults_in_the_compiled_block_are_not_taken_for_compiler_errors(
+    tiny_model, monkeypatch, error
+):
+    def compiled_but_failing(fn, **kwargs):
+        def compiled(*args):
+            raise error
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compiled_but_failing)
+    enc = make(tiny_model, kernel="fused", compile=True)
+    with pytest.raises(type(error)):
+        enc.encode(CAPTIONS)
+    assert enc.fused.compiled  # still the compiled path: nothing silently switched to the slow one
 
 
 # -- bad input -------------------------------------------------------------------------------------

@@ -337,3 +337,81 @@ def test_offline_unknown_vae_fails_fast_with_one_clear_message(monkeypatch) -> N
     msg = str(info.value)
     assert msg.startswith("--vae-model 'no-such-org/no-such-vae': the model could not be fetched")
     assert "HF_HUB_OFFLINE=1" in msg
+
+
+# ---------------------------------------------------------------- numerics and batching
+def test_float16_is_refused_for_a_vae_that_needs_upcasting(tmp_path) -> None:
+    folder = build_tiny_vae(str(tmp_path / "upcast"), force_upcast=True)
+    with pytest.raises(ConfigError) as info:
+        ImageEncoder(VaeConfig(model=folder, dtype="float16", device="cpu")).load()
+    assert "force_upcast" in str(info.value)
+    assert "float16" in str(info.value)
+    plain = build_tiny_vae(str(tmp_path / "plain"), force_upcast=False)
+    assert ImageEncoder(VaeConfig(model=plain, dtype="float16", device="cpu")).load().vae is not None
+
+
+def test_scale_factor_is_the_loaded_vaes_and_a_mismatch_warns(tmp_path, caplog) -> None:
+    folder = build_tiny_vae(str(tmp_path / "scaled"), scaling_factor=0.5)
+    with caplog.at_level("WARNING", logger="recaption.encoder.vae"):
+        enc = ImageEncoder(VaeConfig(model=folder, resolutions=(256,))).load()
+    assert enc.metadata().scale_factor == 0.5
+    assert any("scaling_factor 0.5" in r.getMessage() for r in caplog.records)
+
+
+def test_a_non_finite_latent_fails_that_sample_only(vae_dir: str) -> None:
+    enc = ImageEncoder(VaeConfig(model=vae_dir, resolutions=(256,), preprocess_threads=0)).load()
+    real = enc._moments_fn
+
+    def poisoned(x):
+        out = real(x).clone()
+        out[1, 0, 0, 0] = float("nan")  # the second image of the batch
+        return out
+
+    enc._moments_fn = poisoned
+    images = [noise_image(256, 256, seed=i) for i in range(3)]
+    results = enc.encode(images, 256)
+    assert [r.ok for r in results] == [True, False, True]
+    assert "non-finite" in results[1].error
+    assert np.isfinite(results[0].as_float32()).all()
+
+
+def test_vae_out_of_memory_splits_the_batch_and_loses_nothing(vae_dir: str) -> None:
+    enc = ImageEncoder(
+        VaeConfig(model=vae_dir, resolutions=(256,), batch_size=4, preprocess_threads=0)
+    ).load()
+    images = [noise_image(256, 256, seed=i) for i in range(5)]
+    expected = [r.as_float32() for r in enc.encode(images, 256)]
+    real, calls = enc.encode_arrays, []
+
+    def limited(pixels, to_cpu=True):
+        calls.append(len(pixels))
+        if len(pixels) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return real(pixels, to_cpu=to_cpu)
+
+    enc.encode_arrays = limited
+    enc.config.batch_pixels = 8 * 256 * 256  # 8 per batch at 256
+    results = enc.encode(images, 256)
+    assert calls == [5, 2, 3, 1, 2]
+    assert all(r.ok for r in results)
+    for r, e in zip(results, expected, strict=True):
+        np.testing.assert_allclose(r.as_float32(), e, rtol=1e-2, atol=1e-3)
+    assert enc.oom_splits == 2
+
+    def always(pixels, to_cpu=True):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    enc.encode_arrays = always
+    results = enc.encode(images[:2], 256)
+    assert [r.ok for r in results] == [False, False]
+    assert all("out of memory on a single image" in r.error for r in results)
+
+
+def test_batches_are_sized_by_pixels() -> None:
+    cfg = VaeConfig(batch_size=8)
+    assert cfg.images_per_batch(1024, 1024) == 8
+    assert cfg.images_per_batch(512, 512) == 32
+    assert cfg.images_per_batch(256, 256) == 128
+    assert cfg.images_per_batch(2048, 2048) == 2
+    with pytest.raises(ConfigError, match="batch pixels"):
+        VaeConfig(batch_pixels=10)
