@@ -77,7 +77,7 @@ MAX_AUTO_BATCH_SIZE = 256
 # Text tokens a prompt may take beyond its image tokens: the chat template and the instruction with a
 # 300-character raw-caption hint in Latin script (~110 tokens) fit with room; a prompt over the
 # worker's limit fails alone (raise it for long non-Latin hints: the cache and batch follow).
-DEFAULT_MAX_PROMPT_TEXT_TOKENS = 192
+DEFAULT_MAX_PROMPT_TEXT_TOKENS = 192  # at least; see Captioner._longest_hint_tokens
 # Failed batches in a row (not images: whole batches) after which the worker is taken as broken.
 DEFAULT_MAX_FAILED_BATCHES = 3
 
@@ -628,7 +628,7 @@ class Captioner:
             worst_case_image_tokens,
         )
 
-        text = self.config.max_prompt_text_tokens
+        text = max(self.config.max_prompt_text_tokens, self._longest_hint_tokens())
         settings = settings_from_processor(self.processor)
         probe = (48, 64)  # (height, width)
         try:
@@ -646,6 +646,26 @@ class Captioner:
             except Exception:  # a processor that refuses an aspect ratio: the others decide
                 continue
         return (max(lengths) or 1024) + text
+
+    def _longest_hint_tokens(self) -> int:
+        """Tokens of the LAION prompt with the longest raw-caption hint it keeps, in unfamiliar words.
+
+        So every Latin-script hint fits whatever the tokenizer (a small-vocabulary one spends more
+        tokens per character); longer non-Latin hints can still exceed the limit and fail alone.
+        """
+        import random
+
+        from recaption.captioner.prompts import DEFAULT_MAX_HINT_CHARS, LAION_PROMPT
+
+        rng = random.Random(0)
+        words: list[str] = []
+        while sum(len(w) + 1 for w in words) < DEFAULT_MAX_HINT_CHARS:
+            words.append("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))))
+        hint = " ".join(words)[:DEFAULT_MAX_HINT_CHARS]
+        text = self.chat_text(LAION_PROMPT.format(raw_caption=hint))  # takes the lock itself
+        with self._tokenizer_lock:
+            ids = self.processor.tokenizer(text)["input_ids"]
+        return len(ids)
 
     def _prompt_length(self, image: Image.Image) -> int:
         inputs = self.prepare([image], [""])
