@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -190,7 +191,10 @@ def test_one_and_two_ray_workers_give_identical_statistics(local_ray, jsonl: Pat
     summary = run_ray(stage, str(tmp_path / "ray"), RayOptions(num_workers=2), progress=False)
     assert summary.ok
     assert summary.workers == 2  # two actors started; timing decides which shards each does
-    assert len({s["worker"] for s in summary.done}) <= 2
+    # every shard done exactly once, in the actors' processes (not the driver's)
+    workers = [s["worker"] for s in summary.done]
+    assert sorted(s["shard"] for s in summary.done) == list(range(summary.total_shards))
+    assert all(w.rsplit(":", 1)[1] != str(os.getpid()) for w in workers)
     ray_stats = merge_counts(str(tmp_path / "ray"))
     assert {k: v.to_json() for k, v in ray_stats.items()} == {k: v.to_json() for k, v in local.items()}
 

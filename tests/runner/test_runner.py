@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -128,7 +129,10 @@ def test_ray_two_actors_same_output_as_local(local_ray, sam_tars: Path, tmp_path
     assert summary.ok
     # two actors were started; which of them took which shard depends on who was ready first
     assert summary.workers == 2
-    assert len({s["worker"] for s in summary.done}) <= 2
+    # every shard done exactly once, in the actors' processes (not the driver's)
+    workers = [s["worker"] for s in summary.done]
+    assert sorted(s["shard"] for s in summary.done) == list(range(summary.total_shards))
+    assert all(w.rsplit(":", 1)[1] != str(os.getpid()) for w in workers)
     assert _parts(out) == _parts(ref_out)
 
 
