@@ -45,6 +45,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import sys
 import tempfile
 import time
@@ -199,11 +200,38 @@ def plain_inputs(processor: Any, images: list[Any], device: str, dtype: Any) -> 
 
 
 def time_plain(
-    model: Any, processor: Any, images: list[Any], *, batch: int, n_images: int, new_tokens: int, device: str
+    model: Any,
+    processor: Any,
+    images: list[Any],
+    *,
+    batch: int,
+    n_images: int,
+    new_tokens: int,
+    device: str,
+    lengths: list[int] | None = None,
 ) -> dict:
-    """Plain ``model.generate`` (library defaults: dynamic cache, no compile) on preprocessed inputs."""
+    """Plain ``model.generate`` (library defaults: dynamic cache, no compile) on preprocessed inputs.
+
+    With ``lengths`` rows end at lengths drawn from them (the same distribution as the captioner's).
+    """
     import torch
 
+    if lengths:
+        eos = processor.tokenizer.eos_token_id
+        restore = draw_lengths(model, lengths, eos, seed=1)
+        try:
+            return time_plain(
+                model,
+                processor,
+                images,
+                batch=batch,
+                n_images=n_images,
+                new_tokens=max(lengths),
+                device=device,
+            ) | {"lengths": "real"}
+        finally:
+            restore()
+    min_new = 0 if draws_lengths(model) else new_tokens  # drawn lengths: rows end at their own
     batches = [images[i : i + batch] for i in range(0, n_images, batch)]
     prepared = [plain_inputs(processor, b, device, model.dtype) for b in batches]
     with torch.inference_mode():
@@ -212,9 +240,7 @@ def time_plain(
         t0 = time.perf_counter()
         generated = 0
         for inputs in prepared:
-            out = model.generate(
-                **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
-            )
+            out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=min_new, do_sample=False)
             generated += (out.shape[1] - inputs["input_ids"].shape[1]) * out.shape[0]
         sync(device)
         elapsed = time.perf_counter() - t0
@@ -251,13 +277,18 @@ def time_captioner(
     n_batches: int,
     new_tokens: int,
     device: str,
+    lengths: list[int] | None = None,
 ) -> dict:
-    """The Captioner end to end from image files, after a warm-up batch. ``batch`` 0: automatic."""
+    """The Captioner end to end from image files, after a warm-up batch. ``batch`` 0: automatic.
+
+    ``lengths``: rows end at lengths drawn from these (real captions) instead of all at ``new_tokens``.
+    """
     cfg = CaptionerConfig(
         model="bench",
         device=device,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
+        max_new_tokens=max(lengths) if lengths else new_tokens,
+        min_new_tokens=0 if lengths else new_tokens,
+        probe=False,
         batch_size=variant["batch"],
         cache=variant["cache"],
         compile=variant["compile"],
@@ -266,6 +297,7 @@ def time_captioner(
     cap = Captioner.from_model(model, processor, cfg, model_id="bench")
     batch = cap.batch_size  # resolved when batch_size is 0
     warm_cfg = dataclasses.replace(cfg, max_new_tokens=4, min_new_tokens=4, batch_size=batch)
+    restore = draw_lengths(model, lengths, cap._eos_ids[0]) if lengths else None
     warm = Captioner.from_model(model, processor, warm_cfg, model_id="bench")
 
     def load(path: Path) -> tuple[Any, str]:
@@ -278,8 +310,12 @@ def time_captioner(
     sync(device)
     warm_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    results = [r for _, r in cap.caption_stream(items, load)]
-    sync(device)
+    try:
+        results = [r for _, r in cap.caption_stream(items, load)]
+        sync(device)
+    finally:
+        if restore is not None:
+            restore()
     elapsed = time.perf_counter() - t0
     errors = [r.error for r in results if r.error]
     return {
@@ -294,7 +330,79 @@ def time_captioner(
         "generate_s": cap.stats.generate_s,
         "generated_tokens": cap.stats.generated_tokens,
         "length_finishes": sum(r.finish_reason == "length" for r in results),
+        "mean_tokens": sum(r.num_tokens for r in results) / max(1, len(results)),
+        "max_new_tokens": cfg.max_new_tokens,
+        "cache_len": cap.max_cache_len,
+        **padding_waste(results, cap.stats.batch_sizes),
     }
+
+
+LENGTHS_FILE = Path(__file__).with_name("caption_lengths.json")
+
+
+def caption_lengths(cap: int, scale: float = 1.0) -> list[int]:
+    """Real dense-caption lengths in tokens (bundled from the shared IIW-400 captions), capped."""
+    data = json.loads(LENGTHS_FILE.read_text())
+    return [max(2, min(cap, round(n * scale))) for n in data["lengths"]]
+
+
+class StopAtDrawnLengths:
+    """A logits processor: each row ends (EOS forced) after a length drawn from ``lengths``.
+
+    Random weights never choose EOS themselves; this makes rows finish as real captions do, so a
+    batch runs to its longest row and the shorter ones idle, as in a real run.
+    """
+
+    def __init__(self, lengths: list[int], rows: int, prompt_length: int, eos_id: int, rng: random.Random):
+        self.targets = [rng.choice(lengths) for _ in range(rows)]
+        self.prompt_length, self.eos_id = prompt_length, eos_id
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        step = input_ids.shape[1] - self.prompt_length + 1  # tokens after this one is chosen
+        for row, target in enumerate(self.targets):
+            if step >= target:
+                scores[row, :] = float("-inf")
+                scores[row, self.eos_id] = 0.0
+            else:
+                scores[row, self.eos_id] = float("-inf")
+        return scores
+
+
+def draw_lengths(model: Any, lengths: list[int], eos_id: int, seed: int = 0) -> Any:
+    """Make ``model.generate`` end each row at a drawn length (restore with the returned function)."""
+    from transformers import LogitsProcessorList
+
+    rng = random.Random(seed)
+    original = model.generate
+
+    def generate(*args: Any, **kw: Any) -> Any:
+        ids = kw["input_ids"]
+        extra = StopAtDrawnLengths(lengths, ids.shape[0], ids.shape[1], eos_id, rng)
+        kw["logits_processor"] = LogitsProcessorList([*(kw.get("logits_processor") or []), extra])
+        return original(*args, **kw)
+
+    generate.draws_lengths = True  # type: ignore[attr-defined]
+    model.generate = generate
+    return lambda: setattr(model, "generate", original)
+
+
+def draws_lengths(model: Any) -> bool:
+    """Whether ``model.generate`` is wrapped by :func:`draw_lengths`."""
+    return getattr(model.generate, "draws_lengths", False)
+
+
+def padding_waste(results: list[Any], batch_sizes: list[int]) -> dict:
+    """Row-steps generated after a row had finished, over all row-steps (batch-synchronous decoding)."""
+    total = wasted = 0
+    i = 0
+    for size in batch_sizes:
+        rows = [r.num_tokens for r in results[i : i + size]]
+        i += size
+        if not rows:
+            continue
+        total += max(rows) * len(rows)
+        wasted += sum(max(rows) - n for n in rows)
+    return {"padding_waste": wasted / total if total else 0.0, "row_steps": total, "wasted_row_steps": wasted}
 
 
 def parse_variant(spec: str) -> dict:
@@ -329,6 +437,13 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=330.0, help="skip remaining variants after this many seconds"
     )
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument(
+        "--lengths",
+        choices=("real", "fixed"),
+        default="real",
+        help="real: each row ends at a length drawn from real dense captions (caption_lengths.json); "
+        "fixed: every row generates --new-tokens (the old best case)",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -339,6 +454,12 @@ def main(argv: list[str] | None = None) -> int:
     n_batches = args.batches or (1 if args.quick else 2)
     b1_images = args.b1_images or (2 if args.quick else 3)
     variants = [parse_variant(v) for v in (args.variants or DEFAULT_VARIANTS)]
+    # Real lengths: a 512-token cap as the captioner's default; the tiny dry run scales them to 1/16.
+    lengths = (
+        caption_lengths(32 if args.tiny else 512, 1 / 16 if args.tiny else 1.0)
+        if args.lengths == "real"
+        else None
+    )
     if args.tiny:  # small batches keep the dry run short; the code paths are the same
         variants = [{**v, "batch": v["batch"] // 16, "compile": False} for v in variants]
     plain_batch = 4 if args.tiny else 64
@@ -381,7 +502,14 @@ def main(argv: list[str] | None = None) -> int:
         {
             "name": "plain-b1",
             **time_plain(
-                model, processor, images, batch=1, n_images=b1_images, new_tokens=new_tokens, device=device
+                model,
+                processor,
+                images,
+                batch=1,
+                n_images=b1_images,
+                new_tokens=new_tokens,
+                device=device,
+                lengths=lengths,
             ),
         }
     )
@@ -396,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                 n_images=plain_batch,
                 new_tokens=new_tokens,
                 device=device,
+                lengths=lengths,
             ),
         }
     )
@@ -422,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                 n_batches=n_batches,
                 new_tokens=new_tokens,
                 device=device,
+                lengths=lengths,
             )
             emit(
                 {"name": v["name"], "cache": v["cache"], "batch": v["batch"], "compile": v["compile"], **row}
@@ -444,7 +574,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ratio = r["images_per_s"] / base["images_per_s"] if base else float("nan")
         r["ratio_vs_plain_batch"] = ratio
-        print(f"{r['name']:28s} {r['images']:7d} {r['seconds']:8.2f} {r['images_per_s']:8.2f} {ratio:13.2f}x")
+        waste = f"  padding waste {r['padding_waste']:.0%}" if "padding_waste" in r else ""
+        line = f"{r['name']:28s} {r['images']:7d} {r['seconds']:8.2f} {r['images_per_s']:8.2f} {ratio:13.2f}x"
+        print(line + waste)
     print(
         f"\ntotal {time.perf_counter() - started:.0f}s; {report['device']}; torch {report['torch']}; "
         f"transformers {report['transformers']}; vllm installed: {report['vllm_installed']}"

@@ -3,9 +3,10 @@
 # H100). Prepare with benchmarks/gpu_prepare.sh here, then run this there with .whl and .bench
 # carried. Each step has its own time limit, so one that hangs cannot eat the others' time, and
 # every log and JSON lands in $OUT (or ./gpu-out) as soon as it is written.
-#   GPU_CHECK_STEPS="tests vae t5 caption" picks steps (default: all but caption, whose figure is
-#   already measured). GPU_CHECK_TINY=1 runs the benchmarks' tiny CPU versions: a dry run of this
-#   script on any machine.
+#   GPU_CHECK_STEPS="tests vae t5 caption" picks steps (default: all). The caption step measures the
+#   realistic workload (row lengths drawn from real dense captions, rows ending there, the automatic
+#   batch and the fixed per-worker cache) and reports padding waste. GPU_CHECK_TINY=1 runs the
+#   benchmarks' tiny CPU versions: a dry run of this script on any machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-out}"
@@ -19,7 +20,7 @@ else
   export PYTHONPATH="$PWD"
 fi
 [ -d .bench/shared ] && export RECAPTION_SHARED="$PWD/.bench/shared"
-STEPS="${GPU_CHECK_STEPS:-tests vae t5}"
+STEPS="${GPU_CHECK_STEPS:-tests vae t5 caption}"
 TINY="${GPU_CHECK_TINY:+--tiny}"
 step() { echo "=== $1 ($(date +%T))"; }
 FAILED=""
@@ -32,7 +33,7 @@ python3 -c "import torch, transformers, diffusers; print('torch', torch.__versio
 
 if [[ " $STEPS " == *" tests "* ]]; then
   step "pytest -m gpu"
-  timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/encoder/test_t5.py \
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/encoder/test_t5.py \
     tests/encoder/test_vae.py tests/captioner/test_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" || failed tests
 fi
 if [[ " $STEPS " == *" vae "* ]]; then
@@ -47,9 +48,9 @@ if [[ " $STEPS " == *" t5 "* ]]; then
     --profile "$OUT/t5_kernels.txt" 2>&1 | tee "$OUT/t5.log" || failed t5
 fi
 if [[ " $STEPS " == *" caption "* ]]; then
-  step "LLaVA-1.5-7B architecture: plain generate against the captioner"
-  timeout 240 python3 benchmarks/caption_gpu.py $TINY --quick --json "$OUT/caption.json" 2>&1 | tee "$OUT/caption.log" \
-    || failed caption
+  step "LLaVA-1.5-7B architecture, real caption lengths: plain generate against the captioner"
+  timeout 240 python3 benchmarks/caption_gpu.py $TINY --quick --lengths real --json "$OUT/caption.json" \
+    2>&1 | tee "$OUT/caption.log" || failed caption
 fi
 step "done"
 if [ -n "$FAILED" ]; then echo "failed steps:$FAILED"; exit 1; fi

@@ -91,6 +91,8 @@ def captioner_config(c: CaptionConfig) -> CaptionerConfig:
         seed=c.seed,
         max_image_pixels=c.max_image_pixels,
         compile=c.compile,
+        image_aspect=c.image_aspect,
+        gpu_share=min(1.0, c.gpus_per_worker) if c.gpus_per_worker > 0 else 1.0,
         trust_remote_code=c.trust_remote_code,
     )
 

@@ -67,6 +67,9 @@ class CaptionConfig(_Strict):
     compile: bool = Field(
         False, description="torch.compile generation on GPU (+8-10% measured, ~30 s warm-up)."
     )
+    image_aspect: str = Field(
+        "auto", description="auto | pad (to a square, LLaVA-1.5's own) | crop (the processor's)."
+    )
     trust_remote_code: bool = Field(False, description="Allow the model repository's own code.")
     workers: PositiveInt | None = Field(
         None, description="Caption workers (default: one per GPU, or per CPU slot)."
