@@ -278,6 +278,7 @@ def time_captioner(
     new_tokens: int,
     device: str,
     lengths: list[int] | None = None,
+    stop_loops: bool = True,
 ) -> dict:
     """The Captioner end to end from image files, after a warm-up batch. ``batch`` 0: automatic.
 
@@ -289,6 +290,7 @@ def time_captioner(
         max_new_tokens=max(lengths) if lengths else new_tokens,
         min_new_tokens=0 if lengths else new_tokens,
         probe=False,
+        stop_loops=stop_loops,
         batch_size=variant["batch"],
         cache=variant["cache"],
         compile=variant["compile"],
@@ -330,6 +332,7 @@ def time_captioner(
         "generate_s": cap.stats.generate_s,
         "generated_tokens": cap.stats.generated_tokens,
         "length_finishes": sum(r.finish_reason == "length" for r in results),
+        "loop_stops": sum(r.finish_reason == "repetition" for r in results),
         "mean_tokens": sum(r.num_tokens for r in results) / max(1, len(results)),
         "max_new_tokens": cfg.max_new_tokens,
         "cache_len": cap.max_cache_len,
@@ -437,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=330.0, help="skip remaining variants after this many seconds"
     )
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument(
+        "--stop-loops",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="end a row whose tokens loop (the captioner's default); --no-stop-loops: run it to the cap",
+    )
     ap.add_argument(
         "--lengths",
         choices=("real", "fixed"),
@@ -552,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
                 new_tokens=new_tokens,
                 device=device,
                 lengths=lengths,
+                stop_loops=args.stop_loops,
             )
             emit(
                 {"name": v["name"], "cache": v["cache"], "batch": v["batch"], "compile": v["compile"], **row}

@@ -105,6 +105,7 @@ CACHE_IMPLEMENTATIONS = ("auto", "dynamic", "static")
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 FINISH_ERROR = "error"
+FINISH_REPETITION = "repetition"  # ended early in a long loop (LoopStopper), flagged as repetitive
 
 
 @dataclass
@@ -129,6 +130,8 @@ class CaptionerConfig:
     automatic value is the worst-case image tokens plus ``max_prompt_text_tokens``.
     ``gpu_share`` is this worker's fraction of its GPU (``gpus_per_worker`` < 1 shares a card).
     ``max_failed_batches`` failed batches in a row stop the shard (see :class:`Captioner`).
+    ``stop_loops`` ends a row whose tokens end in a long loop (:class:`~recaption.captioner.
+    repetition.LoopStopper`) instead of letting it, and its whole batch, run to ``max_new_tokens``.
     """
 
     model: str = DEFAULT_MODEL
@@ -152,6 +155,7 @@ class CaptionerConfig:
     max_prompt_text_tokens: int = DEFAULT_MAX_PROMPT_TEXT_TOKENS
     gpu_share: float = 1.0
     max_failed_batches: int = DEFAULT_MAX_FAILED_BATCHES
+    stop_loops: bool = True
     probe: bool = True
     trust_remote_code: bool = False
     use_safetensors: bool = True
@@ -368,6 +372,7 @@ class Captioner:
         self.max_prompt_tokens = 0  # resolved in _attach: the longest prompt this worker accepts
         self.max_cache_len = 0  # the static cache length, fixed per worker
         self._fault: str | None = None  # set once the accelerator is known broken
+        self._loop_stopped: set[int] = set()  # rows of the last generate call ended in a loop
 
     def __getstate__(self) -> dict[str, Any]:
         # Ship configuration, not weights: a worker unpickles and calls load() itself.
@@ -817,6 +822,16 @@ class Captioner:
             processors = LogitsProcessorList(
                 [SeededSampler(seeds, length, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)]
             )
+        stopping = None
+        self._loop_stopped = set()
+        stopper = None
+        if cfg.stop_loops and max_new_tokens is None:
+            from transformers import StoppingCriteriaList
+
+            from recaption.captioner.repetition import LoopStopper
+
+            stopper = LoopStopper(length, finished_ids=self._eos_ids)
+            stopping = StoppingCriteriaList([stopper])
         with torch.inference_mode():
             # A new dict: BatchFeature.to() would move the caller's tensors in place, and a batch kept
             # for an out-of-memory retry must not pin GPU memory. Float inputs take the model's dtype.
@@ -834,8 +849,11 @@ class Captioner:
                 **on_device,
                 generation_config=self.generation_config(length, max_new_tokens),
                 logits_processor=processors,
+                stopping_criteria=stopping,
             )
             new = out[:, length:].to("cpu")
+        if stopper is not None:
+            self._loop_stopped = set(stopper.stopped)
         return new.tolist()
 
     def caption(
@@ -970,7 +988,7 @@ class Captioner:
                 self.stats.batches += 1
                 self.stats.batch_sizes.append(n)
                 self.stats.failed_batches_in_a_row = 0
-                return self._results(new_ids, prompts)
+                return self._results(new_ids, prompts, stopped=self._loop_stopped)
         # Reached only after a failure; the exception (and the tensors its frames hold) is gone now.
         inputs = prepared = None
         if split_reason == "oom":
@@ -1049,8 +1067,17 @@ class Captioner:
 
             torch.cuda.empty_cache()
 
-    def _results(self, new_ids: list[list[int]], prompts: list[str]) -> list[CaptionResult]:
+    def _results(
+        self, new_ids: list[list[int]], prompts: list[str], stopped: set[int] | frozenset[int] = frozenset()
+    ) -> list[CaptionResult]:
         finished = finish_sequences(new_ids, self._eos_ids, self.config.max_new_tokens)
+        for i in stopped:
+            # Ended by the loop stopper, not by EOS (the stopper skips rows that have one): what
+            # follows is padding (cut at the first pad already where the pad token is EOS).
+            ids = finished[i][0]
+            while ids and ids[-1] == self._pad_id:
+                ids = ids[:-1]
+            finished[i] = (ids, len(ids), FINISH_REPETITION)
         with self._tokenizer_lock:
             texts = self.processor.tokenizer.batch_decode([f[0] for f in finished], skip_special_tokens=True)
         out = []

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
 
@@ -152,3 +153,57 @@ def detect_caption_repetition(text: str, token_ids: Sequence[int] = ()) -> Repet
         duplicate_fraction=words.duplicate_fraction,
         reason=f"tokens: {tokens.reason}",
     )
+
+
+class LoopStopper:
+    """A ``transformers`` stopping criterion: a row whose generated ids end in a long loop is done.
+
+    Batch-synchronous generation runs until its longest row ends; one greedy caption stuck in a loop
+    keeps the whole batch going to ``max_new_tokens``. This ends such a row early (the others go on),
+    checking every ``every`` steps. It is stricter than the repetition flag, so prose is never cut:
+    a block repeated ``min_repeats`` times back to back, covering at least ``min_tokens`` tokens (a
+    single repeated token: ``min_single`` copies). The row's caption keeps the loop's first copies
+    and is flagged as repetitive; its finish reason is ``"repetition"``.
+    """
+
+    def __init__(
+        self,
+        prompt_length: int,
+        *,
+        every: int = 8,
+        min_repeats: int = 6,
+        min_tokens: int = 48,
+        min_single: int = 24,
+        max_period: int = DEFAULT_MAX_PERIOD,
+        finished_ids: Sequence[int] = (),
+    ) -> None:
+        self.prompt_length = prompt_length
+        self.finished_ids = set(finished_ids)  # end-of-sequence ids: a row holding one is already done
+        self.every, self.min_repeats, self.min_tokens = every, min_repeats, min_tokens
+        self.min_single, self.max_period = min_single, max_period
+        self.stopped: set[int] = set()  # rows this criterion ended
+
+    def looping(self, ids: Sequence[int]) -> bool:
+        """Whether generated ``ids`` end in a loop long enough to stop."""
+        window = list(ids[-(self.max_period * self.min_repeats + 1) :])
+        period, repeats, covered = tail_loop(window, self.max_period)
+        if period == 1:
+            return repeats >= self.min_single
+        return period > 1 and repeats >= self.min_repeats and covered >= self.min_tokens
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        steps = input_ids.shape[1] - self.prompt_length
+        if steps < self.min_tokens or steps % self.every:
+            return done
+        rows = input_ids[:, self.prompt_length :].tolist()  # one host copy every `every` steps
+        for i, ids in enumerate(rows):
+            if i in self.stopped or self.finished_ids.intersection(ids):
+                done[i] = i in self.stopped  # generate keeps a finished row finished anyway
+                continue
+            if self.looping(ids):
+                done[i] = True
+                self.stopped.add(i)
+        return done

@@ -37,6 +37,7 @@ _SEMANTIC = (
     "image_aspect",
     "max_prompt_tokens",
     "max_prompt_text_tokens",
+    "stop_loops",
     "trust_remote_code",
 )
 
@@ -55,7 +56,7 @@ def caption_schema() -> Any:
             pa.field("model_id", pa.string()),
             pa.field("model_revision", pa.string()),
             pa.field("num_tokens", pa.int32()),  # generated tokens, end-of-sequence included
-            pa.field("finish_reason", pa.string()),  # stop | length | error
+            pa.field("finish_reason", pa.string()),  # stop | length | repetition (a loop ended early) | error
             pa.field("repetition", pa.bool_()),  # degenerate repetition detected
             pa.field("repetition_score", pa.float32()),
             pa.field("error", pa.string()),  # why the sample has no caption

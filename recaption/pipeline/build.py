@@ -92,6 +92,7 @@ def captioner_config(c: CaptionConfig) -> CaptionerConfig:
         max_image_pixels=c.max_image_pixels,
         compile=c.compile,
         image_aspect=c.image_aspect,
+        stop_loops=c.stop_loops,
         gpu_share=min(1.0, c.gpus_per_worker) if c.gpus_per_worker > 0 else 1.0,
         trust_remote_code=c.trust_remote_code,
     )

@@ -70,6 +70,7 @@ class CaptionConfig(_Strict):
     image_aspect: str = Field(
         "auto", description="auto | pad (to a square, LLaVA-1.5's own) | crop (the processor's)."
     )
+    stop_loops: bool = Field(True, description="End a caption whose tokens loop, not at max_new_tokens.")
     trust_remote_code: bool = Field(False, description="Allow the model repository's own code.")
     workers: PositiveInt | None = Field(
         None, description="Caption workers (default: one per GPU, or per CPU slot)."

@@ -26,5 +26,9 @@ def test_caption_gpu_runs_on_the_tiny_model(tmp_path, capsys):
         assert "error" not in row, row
         assert row["images_per_s"] > 0
     captioner_rows = report["rows"][2:]
-    assert all(r["errors"] == 0 and r["length_finishes"] == r["images"] for r in captioner_rows)
+    assert all(r["errors"] == 0 for r in captioner_rows)
+    # rows end at lengths drawn from real captions (not all at the cap): padding waste is measured
+    assert all(r["length_finishes"] == 0 for r in captioner_rows)
+    assert all(0 <= r["padding_waste"] < 1 and r["row_steps"] > 0 for r in captioner_rows)
+    assert any(r["wasted_row_steps"] > 0 for r in captioner_rows)
     assert "vs plain b4" in capsys.readouterr().out

@@ -592,9 +592,10 @@ def test_compile_path_generates_on_cpu(tiny_llava, generated_images, monkeypatch
     """``compile=True`` end to end on the CPU: the same captions as the uncompiled static cache.
 
     With Inductor (the real default) the tiny model compiles and matches too, but that took 80 s on
-    this 2-core machine, too long for a unit test, so here ``torch.compile`` uses its ``eager`` backend: Dynamo still traces the decode
-    step over the static cache (guards, graph breaks, the padded batch shape), which is where the
-    compile path's own bugs live; Inductor's kernels are left to the GPU check.
+    this 2-core machine, too long for a unit test, so here ``torch.compile`` uses its ``eager``
+    backend: Dynamo still traces the decode step over the static cache (guards, graph breaks, the
+    padded batch shape), where the compile path's own bugs live; Inductor's kernels are left to
+    the GPU check.
     """
     import torch._dynamo
 
@@ -618,3 +619,68 @@ def test_compile_path_generates_on_cpu(tiny_llava, generated_images, monkeypatch
     assert cap.stats.batch_sizes[-2:] == [4, 4]
     assert [r.text for r in results] == [r.text for r in plain]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the compiled path ran
+
+
+# ---------------------------------------------------------------- a looping row ends early
+def test_loop_stopper_flags_long_loops_only():
+    from recaption.captioner.repetition import LoopStopper
+
+    prompt = [7, 7, 7]
+    prose = list(range(100, 156))  # 56 distinct tokens
+    loop = [10, 11, 12, 13] * 14  # 56 tokens, 14 copies of a 4-token block
+    single = [5] * 56
+    finished = [20, 21, 2, *([0] * 53)]  # EOS (2) then padding: already done
+    ids = torch.tensor([prompt + r for r in (prose, loop, single, finished)])
+    stopper = LoopStopper(len(prompt), finished_ids=[2])
+    assert stopper(ids, None).tolist() == [False, True, True, False]
+    assert stopper.stopped == {1, 2}
+    # a short loop (3 copies) is a flag for the caption, not a reason to stop
+    assert not LoopStopper(0).looping(prose[:40] + [10, 11, 12, 13] * 3)
+    assert not stopper(ids[:, :-1], None).any()  # checked every 8 steps only
+
+
+def _forced(pattern_rows):
+    """A logits processor making row i emit ``pattern_rows[i]`` cyclically (EOS = 2 ends it)."""
+
+    class Force:
+        def __init__(self, prompt_length):
+            self.prompt_length = prompt_length
+
+        def __call__(self, input_ids, scores):
+            step = input_ids.shape[1] - self.prompt_length
+            for row, pattern in enumerate(pattern_rows):
+                tok = pattern[step % len(pattern)] if step < len(pattern) or pattern[-1] != 2 else 2
+                scores[row, :] = float("-inf")
+                scores[row, tok] = 0.0
+            return scores
+
+    return Force
+
+
+@pytest.mark.parametrize("stop_loops", [True, False])
+def test_a_looping_row_ends_early_and_is_flagged(tiny_llava, generated_images, monkeypatch, stop_loops):
+    from transformers import LogitsProcessorList
+
+    cap = _captioner(tiny_llava, batch_size=2, max_new_tokens=96, stop_loops=stop_loops)
+    patterns = [[30, 31, 32, 33], [40, 41, 42, 43, 44, 2]]  # row 0 loops forever, row 1 ends
+    real_generate = cap.model.generate
+    steps = []
+
+    def generate(*a, **kw):
+        force = _forced(patterns)(kw["input_ids"].shape[1])
+        kw["logits_processor"] = LogitsProcessorList([*(kw.get("logits_processor") or []), force])
+        out = real_generate(*a, **kw)
+        steps.append(out.shape[1] - kw["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(cap.model, "generate", generate)
+    loop, done = cap.caption(generated_images[:2], [SAM_PROMPT] * 2)
+    assert (done.finish_reason, done.num_tokens) == (FINISH_STOP, 6)
+    assert loop.repetition
+    if stop_loops:
+        assert loop.finish_reason == "repetition"
+        assert 48 <= loop.num_tokens <= 64
+        assert steps == [loop.num_tokens]  # the batch stopped with its looping row
+    else:
+        assert (loop.finish_reason, loop.num_tokens) == (FINISH_LENGTH, 96)
+        assert steps == [96]
