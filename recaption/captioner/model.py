@@ -792,7 +792,7 @@ class Captioner:
             # One cache length for the worker's life, from the longest prompt it accepts: no
             # reallocation, no recompilation, and the batch budget counted exactly this length.
             gc_.max_cache_len = max(self.max_cache_len, round_cache_len(input_length + new_tokens))
-            if cfg.compile:
+            if cfg.compile and max_new_tokens is None:  # (the probe in load() is not worth a compile)
                 gc_.compile_config = CompileConfig(fullgraph=False, mode="reduce-overhead", dynamic=False)
                 if not self.device.startswith("cuda"):
                     gc_.compile_config._compile_all_devices = True
