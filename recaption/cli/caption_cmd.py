@@ -47,6 +47,14 @@ def caption_command(
     compile_: bool = typer.Option(
         False, "--compile/--no-compile", help="torch.compile generation on GPU (+8-10%, ~30 s warm-up)."
     ),
+    image_aspect: str = typer.Option(
+        "auto",
+        "--image-aspect",
+        help="auto | pad (to a square with the image mean; LLaVA-1.5's default) | crop (the processor's).",
+    ),
+    stop_loops: bool = typer.Option(
+        True, "--stop-loops/--no-stop-loops", help="End a caption whose tokens loop (not at max-new-tokens)."
+    ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own code."),
     kind: str = source_options.kind,
     shard_size: int | None = source_options.shard_size,
@@ -84,9 +92,15 @@ def caption_command(
             "seed": seed,
             "max_image_pixels": max_image_pixels,
             "compile": compile_,
+            "image_aspect": image_aspect,
+            "stop_loops": stop_loops,
             "trust_remote_code": trust_remote_code,
         },
-        flags={"sample": "--sample/--greedy", "compile": "--compile/--no-compile"},
+        flags={
+            "sample": "--sample/--greedy",
+            "compile": "--compile/--no-compile",
+            "stop_loops": "--stop-loops/--no-stop-loops",
+        },
     )
     src = open_source(
         source,

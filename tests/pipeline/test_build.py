@@ -30,6 +30,8 @@ CAPTION_VALUES: dict[str, Any] = {
     "seed": 7,
     "max_image_pixels": 512 * 512,
     "compile": True,
+    "image_aspect": "crop",
+    "stop_loops": False,
     "trust_remote_code": True,
 }
 NOUNS_VALUES: dict[str, Any] = {
