@@ -22,6 +22,8 @@ fi
 [ -d .bench/shared ] && export RECAPTION_SHARED="$PWD/.bench/shared"
 STEPS="${GPU_CHECK_STEPS:-tests vae t5 caption}"
 TINY="${GPU_CHECK_TINY:+--tiny}"
+# The tiny CPU versions run on shared development machines: give them 4x the GPU steps' limits.
+SCALE=1; [ -n "${GPU_CHECK_TINY:-}" ] && SCALE=4
 step() { echo "=== $1 ($(date +%T))"; }
 FAILED=""
 failed() { FAILED="$FAILED $1"; echo "!!! $1 failed or timed out"; }  # go on: the others still run
@@ -33,23 +35,23 @@ python3 -c "import torch, transformers, diffusers; print('torch', torch.__versio
 
 if [[ " $STEPS " == *" tests "* ]]; then
   step "pytest -m gpu"
-  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/encoder/test_t5.py \
+  timeout $((150 * SCALE)) python3 -m pytest -q -m gpu -p no:cacheprovider tests/encoder/test_t5.py \
     tests/encoder/test_vae.py tests/captioner/test_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" || failed tests
 fi
 if [[ " $STEPS " == *" vae "* ]]; then
   step "VAE @1024: plain encode b8 against the untried variants and the best so far"
-  timeout 200 python3 benchmarks/vae_gpu.py $TINY --resolutions 1024 --images 240 --budget-s 150 \
+  timeout $((200 * SCALE)) python3 benchmarks/vae_gpu.py $TINY --resolutions 1024 --images 240 --budget-s 150 \
     --variants full-cl-gemm full-cl-gemm-pad full-cl --profile --json "$OUT/vae.json" \
     2>&1 | tee "$OUT/vae.log" || failed vae
 fi
 if [[ " $STEPS " == *" t5 "* ]]; then
   step "T5-XXL: plain padded b128 against the TextEncoder, dense and raw captions"
-  timeout 170 python3 benchmarks/t5_gpu.py $TINY --peak-tflops 790 --json "$OUT/t5.json" \
+  timeout $((170 * SCALE)) python3 benchmarks/t5_gpu.py $TINY --peak-tflops 790 --json "$OUT/t5.json" \
     --profile "$OUT/t5_kernels.txt" 2>&1 | tee "$OUT/t5.log" || failed t5
 fi
 if [[ " $STEPS " == *" caption "* ]]; then
   step "LLaVA-1.5-7B architecture, real caption lengths: plain generate against the captioner"
-  timeout 240 python3 benchmarks/caption_gpu.py $TINY --quick --lengths real --json "$OUT/caption.json" \
+  timeout $((240 * SCALE)) python3 benchmarks/caption_gpu.py $TINY --quick --lengths real --json "$OUT/caption.json" \
     2>&1 | tee "$OUT/caption.log" || failed caption
 fi
 step "done"
