@@ -127,8 +127,16 @@ def alpha_features(tiny_captions, tiny_t5_dir, tiny_vae_model_dir, tmp_path_fact
 
 
 @pytest.fixture(scope="module")
-def sigma_features(tiny_captions, tiny_t5_dir, tiny_vae_model_dir, tmp_path_factory) -> str:
-    return _run(tiny_captions, tmp_path_factory.mktemp("fs") / "f", "sigma", tiny_t5_dir, tiny_vae_model_dir)
+def tiny_sdxl_vae_dir(tmp_path_factory) -> str:
+    """The tiny VAE standing in for the SDXL VAE: its scaling factor is recorded, so it is SDXL's."""
+    from recaption.encoder.tiny_vae import build_tiny_vae
+
+    return build_tiny_vae(str(tmp_path_factory.mktemp("tiny_sdxl_vae")), scaling_factor=0.13025)
+
+
+@pytest.fixture(scope="module")
+def sigma_features(tiny_captions, tiny_t5_dir, tiny_sdxl_vae_dir, tmp_path_factory) -> str:
+    return _run(tiny_captions, tmp_path_factory.mktemp("fs") / "f", "sigma", tiny_t5_dir, tiny_sdxl_vae_dir)
 
 
 def stored(features: str) -> tuple[S.FeatureMetadata, dict[str, dict]]:
@@ -298,7 +306,7 @@ def test_sigma_stores_t5_as_its_extractor_float16_int16(sigma_export, sigma_feat
 
 
 def test_sigma_multiscale_from_images_trains_on_the_encoded_pixels(
-    sigma_export, sigma_features, tiny_vae_model_dir
+    sigma_export, sigma_features, tiny_sdxl_vae_dir
 ) -> None:
     """Σ's shipped configs read images (``load_vae_feat=False, load_t5_feat=False``): each image,
     through Σ's own transform, encodes to the latents the features hold."""
@@ -308,7 +316,7 @@ def test_sigma_multiscale_from_images_trains_on_the_encoded_pixels(
     _, want = stored(sigma_features)
     assert summary.images_root == dest.replace("InternData", "InternImgs")
     enc = ImageEncoder(
-        VaeConfig(preset="sdxl", model=tiny_vae_model_dir, resolutions=RESOLUTIONS, device="cpu")
+        VaeConfig(preset="sdxl", model=tiny_sdxl_vae_dir, resolutions=RESOLUTIONS, device="cpu")
     ).load()
     for resolution in RESOLUTIONS:
         hint = _hints(summary, "InternalDataMSSigma", resolution, False)
