@@ -272,6 +272,9 @@ def export_pixart(
     for layout in layouts:
         if layout not in LAYOUTS:
             raise ConfigError("layout", layout, LAYOUTS)
+    # PixArt joins a relative ``root`` onto the config's ``data_root`` and replaces 'InternData' in
+    # the whole root to find the images: the hints and the images need the absolute path
+    dest_url = io.normalize(dest_url)
     fs = FeatureSet.open(features_url)
     meta = fs.metadata
     field_ = fs.require_text(caption_field)
@@ -471,11 +474,28 @@ def export_pixart(
     finally:
         opener.close()
 
+    real_prompt_ratio = SIGMA_REAL_PROMPT_RATIO if alt else 1.0
+    if alt and sigma and entries:
+        empty = sum(1 for e in entries if not e["sharegpt4v"])
+        if empty == len(entries):
+            real_prompt_ratio = 1.0
+            summary.warnings.append(
+                f"the alternate caption '{alt}' is empty for every sample: PixArt-Σ's shipped "
+                "real_prompt_ratio=0.5 fails building the dataset (it asserts the first 'sharegpt4v' "
+                "is not empty); train with real_prompt_ratio=1.0, as the config hints say"
+            )
+        elif empty:
+            # Σ's loaders assert on the first entry's alternate caption alone: put one that has it first
+            first = next(i for i, e in enumerate(entries) if e["sharegpt4v"])
+            entries.insert(0, entries.pop(first))
+            summary.warnings.append(
+                f"the alternate caption '{alt}' is empty for {empty} of {len(entries)} samples: with "
+                "real_prompt_ratio < 1 they train on an empty caption that often"
+            )
     text = json.dumps(entries, ensure_ascii=False)
     for u in info_urls:  # written last: a folder with data_info.json is complete
         io.write_text_atomic(u, text)
     summary.data_info = info_urls
-    real_prompt_ratio = SIGMA_REAL_PROMPT_RATIO if alt else 1.0
     if sigma and not alt:
         summary.warnings.append(
             "no alternate caption (--alt-caption): PixArt-Σ's shipped configs set real_prompt_ratio=0.5, "
