@@ -36,7 +36,8 @@ The file name rule: every loader derives ``NAME`` from ``item['path']``; α's ru
 also replaces ``.jpg``/``.webp``/``.jpeg``, and ``InternalDataSigma`` keeps only the base name. So our
 ``path`` is ``KEY.png`` with every ``/`` of the key made ``_``: flat, ending in ``.png``, and every one
 of those rules then gives the same ``NAME`` = ``KEY.npz``/``KEY.npy`` (:func:`loader_name`); an
-extension inside a key (``cat.jpg``) is written ``cat_jpg``, since Σ's rule would replace it too. The
+extension inside a key (``cat.jpg``, ``IMG.JPG``) is written ``cat_jpg``, since Σ's rules would
+replace it too. The
 ``.png`` is the name of the exported image (``images=True``; a linked JPEG keeps its bytes, PIL
 opens it by content). Keys that collide after these changes are refused.
 """
@@ -83,8 +84,9 @@ SHIPPED_CONFIGS = (
 SIGMA_REAL_PROMPT_RATIO = 0.5
 
 
-# Σ's loaders replace these anywhere in the path, not only at its end
-_LOADER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+# Σ's loaders replace these anywhere in the path, not only at its end (Σ's ``InternalData``, which
+# its α configs train with, also the upper-case ``.JPEG`` and ``.JPG``)
+_LOADER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".JPEG", ".JPG")
 
 
 def image_path(key: str) -> str:

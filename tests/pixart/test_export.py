@@ -258,6 +258,28 @@ def test_keys_with_slashes_are_flattened_and_collisions_refused(tmp_path, encode
         export_pixart(clash.url, str(tmp_path / "out2"), resolutions=[256])
 
 
+def sigma_repo_internal_name(item: dict, ext: str) -> str:
+    """PixArt-Σ's own ``InternalData`` (the class its ``pixart_alpha_config`` configs train α with):
+    ``replace_img_ext`` also replaces ``.jpeg``, ``.JPEG`` and ``.JPG``."""
+    name = "_".join(item["path"].rsplit("/", 1))
+    for e in (".png", ".jpg", ".webp", ".jpeg", ".JPEG", ".JPG"):
+        name = name.replace(e, ext)
+    return name
+
+
+def test_keys_with_upper_case_extensions_keep_one_name_for_every_loader(tmp_path, encoder) -> None:
+    keys = ["DCIM/IMG_0001.JPG", "scan.JPEG", "a.jpeg"]
+    feats = write_features(tmp_path / "f", encoder, shards=[[0, 1, 2]], keys=keys, sizes=SIZES[:3])
+    dest = str(tmp_path / "out")
+    export_pixart(feats.url, dest, resolutions=[256], layouts=("internal", "sigma"))
+    items = PixArtLoaders(dest).items("partition")
+    assert len(items) == 3
+    for item in items:
+        name = sigma_repo_internal_name(item, ".npz")
+        assert name == alpha_name(item, ".npz") == sigma_ms_name(item, ".npz")
+        assert os.path.isfile(os.path.join(dest, "caption_feature_wmask", name)), name
+
+
 def test_rows_over_the_loaders_ratio_are_skipped(tmp_path, tiny_vae_dir) -> None:
     from recaption.encoder.vae import ImageEncoder, VaeConfig
 
