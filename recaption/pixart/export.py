@@ -9,7 +9,9 @@ What PixArt's loaders read (PixArt-alpha/PixArt-alpha and PixArt-alpha/PixArt-si
   ``InternalData`` in ``root/partition/``, α ``InternalDataMS`` in ``root/partition_filter/`` (newer
   α commits) or ``root/partition/`` (older ones), Σ ``InternalDataMS``/``InternalDataMSSigma`` in
   ``root/`` itself. We write the same file to all three places;
-- T5 features: ``root/caption_feature_wmask/NAME.npz`` with ``caption_feature`` (1, L, hidden)
+- T5 features: ``root/caption_feature_wmask/NAME.npz`` (and ``root/caption_features``, a symlink to
+  it, where PixArt-Σ's own ``InternalDataMS``, which Σ's checkout trains α's multi-scale configs
+  with, reads them) with ``caption_feature`` (1, L, hidden)
   float32 and ``attention_mask`` (1, L) int64, as PixArt-α's ``tools/extract_features.py`` saves them
   (``T5Embedder`` output ``.float()``, the tokenizer's int64 mask). α's ``InternalDataMS`` does not
   pad stored features to the training length (its ``InternalData`` does), so by default we write
@@ -65,6 +67,9 @@ DATA_INFO = "data_info.json"
 # Where the loaders look for the JSON (see the module docstring).
 DATA_INFO_FOLDERS = ("", "partition", "partition_filter")
 T5_FOLDER = "caption_feature_wmask"
+# PixArt-Σ's checkout trains α's multi-scale configs with its own InternalDataMS, which reads the
+# same (unpadded-by-the-loader) features from here: a link to T5_FOLDER
+SIGMA_CHECKOUT_T5_FOLDER = "caption_features"
 SIGMA_T5_FOLDER = "caption_features_new"
 SIGMA_ALT_T5_FOLDER = "sharegpt4v_caption_features_new"
 # The training configs PixArt ships (α: configs/pixart_config, Σ: configs/pixart_sigma_config);
@@ -193,6 +198,31 @@ class TextFormat:
         if not np.isfinite(out).all():
             raise ValueError(f"T5 features overflow {np.dtype(self.dtype).name} (values beyond its range)")
         return _npz_bytes({"caption_feature": out[None], "attention_mask": mask[None]}, compress)
+
+
+def _link_t5_folder(dest_url: str) -> str | None:
+    """``caption_features`` → ``caption_feature_wmask`` (a relative symlink): what PixArt-Σ's own
+    ``InternalDataMS`` reads when training α's multi-scale configs from Σ's checkout. Returns a
+    warning where no link can be made (an object store, a filesystem without symlinks)."""
+    import os
+
+    why = "the destination is not a local folder"
+    if io.protocol_of(dest_url) in ("file", "local"):
+        link = os.path.join(dest_url, SIGMA_CHECKOUT_T5_FOLDER)
+        if os.path.islink(link) and os.readlink(link) == T5_FOLDER:
+            return None
+        try:
+            if os.path.islink(link):
+                os.unlink(link)
+            os.symlink(T5_FOLDER, link)
+            return None
+        except OSError as e:
+            why = e.strerror or str(e)
+    return (
+        f"{SIGMA_CHECKOUT_T5_FOLDER}/ not linked to {T5_FOLDER}/ ({why}): PixArt-Σ's checkout trains "
+        f"α's multi-scale configs with an InternalDataMS that reads {SIGMA_CHECKOUT_T5_FOLDER}/; "
+        f"copy {T5_FOLDER}/ there to use it"
+    )
 
 
 def _hint(
@@ -337,6 +367,7 @@ def export_pixart(
     folders += [f for r in res_list for f, _, _ in vae_targets[r]]
     for folder in folders:
         io.makedirs(io.join(dest_url, folder))
+    link_warning = _link_t5_folder(dest_url) if "internal" in layouts and multiscale else None
 
     summary = ExportSummary(dest=dest_url)
     summary.files = dict.fromkeys(folders, 0)
@@ -498,6 +529,8 @@ def export_pixart(
     for u in info_urls:  # written last: a folder with data_info.json is complete
         io.write_text_atomic(u, text)
     summary.data_info = info_urls
+    if link_warning:
+        summary.warnings.append(link_warning)
     if sigma and not alt:
         summary.warnings.append(
             "no alternate caption (--alt-caption): PixArt-Σ's shipped configs set real_prompt_ratio=0.5, "

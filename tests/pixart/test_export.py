@@ -280,6 +280,27 @@ def test_keys_with_upper_case_extensions_keep_one_name_for_every_loader(tmp_path
         assert os.path.isfile(os.path.join(dest, "caption_feature_wmask", name)), name
 
 
+def test_sigma_checkouts_alpha_multiscale_class_finds_the_t5_features(tmp_path, encoder) -> None:
+    # PixArt-Σ's checkout ships the α configs too (configs/pixart_alpha_config/*_internalms.py); its
+    # InternalDataMS (diffusion/data/datasets/InternalData_ms.py @6b48b3b) reads the JSON from root,
+    # T5 from caption_features/ (unpadded: it does not pad) and the α multi-scale latents.
+    feats = write_features(tmp_path / "f", encoder, shards=[[0, 1, 2]], sizes=SIZES[:3])
+    dest = str(tmp_path / "InternData")
+    export_pixart(feats.url, dest, resolutions=[256])
+    with open(os.path.join(dest, "data_info.json")) as f:
+        items = [i for i in json.load(f) if i["ratio"] <= 4]
+    assert len(items) == 3
+    for item in items:
+        name = sigma_repo_internal_name(item, ".npz")
+        with np.load(os.path.join(dest, "caption_features", name)) as z:
+            assert z["caption_feature"].shape == (1, MAX_LENGTH, HIDDEN)
+            assert z["attention_mask"].shape == (1, MAX_LENGTH)
+        lat = np.load(
+            os.path.join(dest, "img_vae_fatures_256_multiscale/ms", sigma_repo_internal_name(item, ".npy"))
+        )
+        assert lat.dtype == np.float32 and lat.ndim == 3
+
+
 def test_rows_over_the_loaders_ratio_are_skipped(tmp_path, tiny_vae_dir) -> None:
     from recaption.encoder.vae import ImageEncoder, VaeConfig
 
