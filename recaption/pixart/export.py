@@ -39,13 +39,15 @@ also replaces ``.jpg``/``.webp``/``.jpeg``, and ``InternalDataSigma`` keeps only
 ``path`` is ``KEY.png`` with every ``/`` of the key made ``_``: flat, ending in ``.png``, and every one
 of those rules then gives the same ``NAME`` = ``KEY.npz``/``KEY.npy`` (:func:`loader_name`); an
 extension inside a key (``cat.jpg``, ``IMG.JPG``) is written ``cat_jpg``, since Σ's rules would
-replace it too. The
+replace it too. A key longer than a file name may be keeps its first 183 bytes and a hash of the
+whole key (the ``key`` field of each entry keeps the key itself). The
 ``.png`` is the name of the exported image (``images=True``; a linked JPEG keeps its bytes, PIL
 opens it by content). Keys that collide after these changes are refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io as _io
 import json
 from collections.abc import Sequence
@@ -89,6 +91,10 @@ SHIPPED_CONFIGS = (
 SIGMA_REAL_PROMPT_RATIO = 0.5
 
 
+# The longest stem of a file name we write (255 bytes less the extension and write_bytes_atomic's
+# ".NAME.tmp-<12 hex>" temporary name)
+_MAX_STEM_BYTES = 200
+
 # Σ's loaders replace these anywhere in the path, not only at its end (Σ's ``InternalData``, which
 # its α configs train with, also the upper-case ``.JPEG`` and ``.JPG``)
 _LOADER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".JPEG", ".JPG")
@@ -103,6 +109,12 @@ def image_path(key: str) -> str:
     flat = key.replace("/", "_")
     for ext in _LOADER_EXTENSIONS:
         flat = flat.replace(ext, "_" + ext[1:])
+    if len(flat.encode()) > _MAX_STEM_BYTES:
+        # a file name has at most 255 bytes (with the temporary name's prefix and suffix added while
+        # it is written): a long key keeps its start and a hash of the whole key
+        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+        head = flat.encode()[: _MAX_STEM_BYTES - len(digest) - 1].decode(errors="ignore")
+        flat = f"{head}_{digest}"
     return flat + ".png"
 
 

@@ -301,6 +301,27 @@ def test_sigma_checkouts_alpha_multiscale_class_finds_the_t5_features(tmp_path, 
         assert lat.dtype == np.float32 and lat.ndim == 3
 
 
+def test_keys_longer_than_a_file_name_are_exported_under_a_short_name(tmp_path, encoder) -> None:
+    # a folder source's key is the relative path: flattened, a deep one exceeds the 255 bytes a file
+    # name may have (and a UTF-8 name counts bytes)
+    keys = ["/".join(["d" * 100, "e" * 100, "f" * 100]), "ü" * 140, "short"]
+    feats = write_features(tmp_path / "f", encoder, shards=[[0, 1, 2]], keys=keys, sizes=SIZES[:3])
+    dest = str(tmp_path / "InternData")
+    summary = export_pixart(feats.url, dest, resolutions=[256], layouts=("internal", "sigma"))
+    assert summary.rows == 3 and not summary.skipped
+    loaders = PixArtLoaders(dest)
+    items = loaders.items("")
+    assert sorted(i["key"] for i in items) == sorted(keys)
+    for item in items:
+        assert len(item["path"].encode()) <= 255 - 4
+        assert alpha_name(item, ".npz") == sigma_ms_name(item, ".npz") == sigma_internal_name(item, ".npz")
+    assert image_path("short") == "short.png"
+    for _, npz, npy in loaders.alpha_ms(256):
+        assert os.path.isfile(npz) and os.path.isfile(npy)
+    for _, npz, _alt, npy in loaders.sigma_ms(256):
+        assert os.path.isfile(npz) and os.path.isfile(npy)
+
+
 def test_rows_over_the_loaders_ratio_are_skipped(tmp_path, tiny_vae_dir) -> None:
     from recaption.encoder.vae import ImageEncoder, VaeConfig
 
