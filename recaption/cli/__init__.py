@@ -9,6 +9,7 @@ from recaption.cli import (  # noqa: F401  (registers the commands)
     index_cmd,
     inspect_cmd,
     nouns_cmd,
+    report_cmd,
     run_cmd,
     status_cmd,
     tiny_cmd,

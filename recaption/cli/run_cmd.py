@@ -87,3 +87,5 @@ def print_pipeline_summary(d: dict, report: dict | None) -> None:
         print_report(report, c)
     if d["nouns_report"]:
         c.print("nouns report: " + ", ".join(d["nouns_report"].values()))
+    if d.get("html_report"):
+        c.print(f"report (open in a browser): {d['html_report']}")

@@ -6,7 +6,8 @@
       pipeline.yaml     the resolved configuration (a rerun with other results-deciding settings is refused)
       captions/         caption shards (part-NNNNN.parquet, _failures/, _stats/)
       nouns/            nouns per caption and per-shard statistics
-      report/           nouns.{json,md,csv}: PixArt's Table 1, raw against dense captions
+      report/           nouns.{json,md,csv}: PixArt's Table 1, raw against dense captions;
+                        index.html: the whole run on one page (`recaption report`)
       features/         T5 + VAE feature shards (features_text/ too when T5 and VAE run apart)
       summary.json      what this invocation did per stage (throughput, failures by reason), and
                         "totals": the whole output's, over every run into the folder
@@ -228,6 +229,7 @@ class PipelineResult:
     report: dict[str, Any] | None
     report_files: dict[str, str]
     output: str
+    html_report: str | None = None  # OUTPUT/report/index.html (`recaption report`), when written
 
     def ok(self) -> bool:
         return all(s.ok for s in self.summaries.values())
@@ -242,6 +244,7 @@ class PipelineResult:
             "images_per_second": round(images / self.seconds, 3) if self.seconds > 0 else 0.0,
             "stages": {name: s.to_dict() for name, s in self.summaries.items()},
             "nouns_report": self.report_files,
+            "html_report": self.html_report,
             "recaption_version": __version__,
         }
 
@@ -309,5 +312,14 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> Pipeli
         }
         for s in run_status(cfg.output)["stages"]
     }
+    from recaption.report import REPORT_FILE, write_report
+
+    summary["html_report"] = result.html_report = io.join(cfg.output, REPORT_FILE)
     io.write_text_atomic(io.join(cfg.output, "summary.json"), json.dumps(summary, indent=1))
+    try:  # after summary.json, which the report shows; a view of the run never fails the run
+        write_report(cfg.output)
+    except Exception as e:
+        log.warning("no HTML report: %s: %s", type(e).__name__, e)
+        summary["html_report"] = result.html_report = None
+        io.write_text_atomic(io.join(cfg.output, "summary.json"), json.dumps(summary, indent=1))
     return result
