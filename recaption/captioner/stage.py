@@ -161,6 +161,7 @@ class CaptionStage(Stage):
         for s, res in cap.caption_stream(samples(), load_item, key=lambda s: s.key):
             self._drain(read_failures, out)
             rows.append(self._row(s, res, prompts.pop(id(s)), out))
+            out.progress(1)
             if len(rows) >= self.write_rows:
                 out.write(rows)
                 rows = []

@@ -266,6 +266,7 @@ class EncodeStage(Stage):
 
         try:
             for batch in prefetch_batches(todo, load, self.batch_rows, workers=self.decode_threads, depth=2):
+                out.progress(len(batch.items))
                 ok: list[tuple[dict[str, Any], Any]] = []
                 for r, value, err in zip(batch.items, batch.values, batch.errors, strict=True):
                     if err is not None:

@@ -274,9 +274,12 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> Pipeli
             summaries[name] = s
     else:
         from recaption.runner.local import run_local
+        from recaption.runner.progress import ProgressGroup
 
+        # one display for the run: its ETA adds up the stages, run one after another
+        group = ProgressGroup(progress, sequential=True, expected_stages=len(p.stages))
         for name, ps in p.stages.items():
-            summaries[name] = run_local(ps.stage, ps.output, progress=progress)
+            summaries[name] = run_local(ps.stage, ps.output, progress=group)
     seconds = time.time() - t0
     report: dict[str, Any] | None = None
     files: dict[str, str] = {}

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,11 +92,16 @@ def prepare_output(stage: Stage, output: str, shards: list[InputShard]) -> Stage
 
 
 def run_shard(
-    stage: Stage, shard: InputShard, output: str, extra: dict[str, Any] | None = None
+    stage: Stage,
+    shard: InputShard,
+    output: str,
+    extra: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Process one shard and commit it; on any error nothing becomes visible.
 
-    ``extra`` goes into the shard's stats file (e.g. which worker did it).
+    ``extra`` goes into the shard's stats file (e.g. which worker did it); ``progress`` is told
+    the samples done as the stage reports them (``ShardOutput.progress``).
     """
     sd = StageDir(output)
     out: ShardOutput | None = None
@@ -110,6 +116,7 @@ def run_shard(
             writer_options=stage.parquet_options(),
             size_policy=stage.size_policy(),
         )
+        out.on_progress = progress
         stats = stage.process_shard(shard, out) or {}
         return out.commit({**stats, **(extra or {})})
     except BaseException:

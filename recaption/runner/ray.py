@@ -50,14 +50,51 @@ class StageWorker:
         self.stage.setup()
         return {"host": socket.gethostname(), "pid": os.getpid()}
 
-    def process(self, shard: dict[str, Any], output: str) -> dict[str, Any]:
+    def process(self, shard: dict[str, Any], output: str, progress: Any = None) -> dict[str, Any]:
+        """Process and commit one shard; ``progress`` is ``(sink actor, stage number)``, told the
+        samples done as the stage reports them (see :class:`ProgressSink`)."""
         import socket
 
         worker = f"{socket.gethostname()}:{os.getpid()}"
-        return run_shard(self.stage, InputShard.from_dict(shard), output, extra={"worker": worker})
+        s = InputShard.from_dict(shard)
+        report = _Reporter(progress[0], progress[1], s.index) if progress is not None else None
+        return run_shard(self.stage, s, output, extra={"worker": worker}, progress=report)
 
     def teardown(self) -> None:
         self.stage.teardown()
+
+
+class ProgressSink:
+    """A tiny actor the workers tell how many samples of their shard are done; the driver takes
+    the counts every second or so for its progress display (stages know nothing of it)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[int, int], int] = {}
+
+    def add(self, stage: int, shard: int, n: int) -> None:
+        self.counts[(stage, shard)] = self.counts.get((stage, shard), 0) + n
+
+    def take(self) -> list[tuple[int, int, int]]:
+        out = [(st, sh, n) for (st, sh), n in self.counts.items()]
+        self.counts = {}
+        return out
+
+
+class _Reporter:
+    """In a worker: forwards a shard's progress to the sink, at most once a second (one small
+    fire-and-forget call; the rest is summed locally, and the shard's stats settle the count)."""
+
+    def __init__(self, sink: Any, stage: int, shard: int, every: float = 1.0) -> None:
+        self.sink, self.stage, self.shard, self.every = sink, stage, shard, every
+        self.pending = 0
+        self.last = 0.0
+
+    def __call__(self, n: int) -> None:
+        self.pending += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.sink.add.remote(self.stage, self.shard, self.pending)
+            self.pending, self.last = 0, now
 
 
 def ensure_ray(options: RayOptions) -> bool:
@@ -142,7 +179,7 @@ def _capacity(res: Resources, cluster: dict[str, float], name: str) -> int:
 
 
 def run_graph_ray(
-    specs: list[StageSpec], options: RayOptions, *, progress: bool | None = None
+    specs: list[StageSpec], options: RayOptions, *, progress: bool | ProgressGroup | None = None
 ) -> list[RunSummary]:
     """Run several stages at once on Ray; stage B's shard i starts as soon as its upstream shard i is done.
 
@@ -151,7 +188,7 @@ def run_graph_ray(
     """
     t0 = time.time()
     states: list[_State] = []
-    group = ProgressGroup(progress)
+    group = progress if isinstance(progress, ProgressGroup) else ProgressGroup(progress)
     for spec in specs:
         shards = spec.stage.shards()
         sd = prepare_output(spec.stage, spec.output, shards)
@@ -166,7 +203,9 @@ def run_graph_ray(
                 pending=[s.index for s in shards if s.index not in done],
                 done=set(done),
                 summary=summary,
-                bar=group.stage(spec.stage.name, len(shards), len(done)),
+                bar=group.stage(
+                    spec.stage.name, len(shards), len(done), [s for s in shards if s.index not in done]
+                ),
             )
         )
     if not any(st.pending for st in states):
@@ -181,6 +220,21 @@ def run_graph_ray(
     started = ensure_ray(options)
     cluster = ray.cluster_resources()
     remote_cls: Any = ray.remote(StageWorker)
+    # No CPU of its own: it only sums counts. Progress is best effort: without it, shards still count.
+    sink: Any = None
+    with contextlib.suppress(Exception):
+        sink = ray.remote(num_cpus=0)(ProgressSink).remote()
+    last_poll = time.monotonic()
+
+    def poll_progress(force: bool = False) -> None:
+        nonlocal last_poll
+        if sink is None or (not force and time.monotonic() - last_poll < 1.0):
+            return
+        last_poll = time.monotonic()
+        with contextlib.suppress(Exception):
+            for i, idx, n in ray.get(sink.take.remote(), timeout=10):
+                states[i].bar.advance(idx, n)
+
     # ref -> (kind, state index, actor, shard index)
     waiting: dict[Any, tuple[str, int, Any, int]] = {}
 
@@ -266,7 +320,9 @@ def run_graph_ray(
                 actor, idx = st.idle.pop(), ready.pop(0)
                 st.pending.remove(idx)
                 st.running += 1
-                ref = actor.process.remote(st.shards[idx].to_dict(), st.spec.output)
+                st.bar.shard_started(idx)
+                report = (sink, i) if sink is not None else None
+                ref = actor.process.remote(st.shards[idx].to_dict(), st.spec.output, report)
                 waiting[ref] = ("shard", i, actor, idx)
             want = wanted_workers(st, len(ready))
             while len(st.actors) < want:
@@ -303,7 +359,8 @@ def run_graph_ray(
     try:
         dispatch()
         while waiting:
-            ready_refs, _ = ray.wait(list(waiting), num_returns=1, timeout=5.0)
+            ready_refs, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0)
+            poll_progress()
             if not ready_refs:
                 release_idle_downstream()
                 continue
@@ -353,12 +410,14 @@ def run_graph_ray(
                         st.actors.remove(actor)
                     with contextlib.suppress(Exception):
                         ray.kill(actor)
+                    st.bar.shard_retried(idx)
                     if attempts <= options.max_retries:
                         st.pending.insert(0, idx)
                     else:
                         st.summary.failed[idx] = f"worker died {attempts} times; last: {e}"
                         st.bar.shard_failed(idx, st.summary.failed[idx])
                 else:
+                    poll_progress(force=True)  # counts sent before the shard's end, then its total
                     st.done.add(idx)
                     st.summary.done.append(stats)
                     st.bar.shard_done(stats)
@@ -374,11 +433,16 @@ def run_graph_ray(
                     ray.kill(a)
             if not st.summary.seconds:
                 st.summary.seconds = time.time() - t0
+        if sink is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(sink)
         if started:
             ray.shutdown()
     return [st.summary for st in states]
 
 
-def run_ray(stage: Stage, output: str, options: RayOptions, *, progress: bool | None = None) -> RunSummary:
+def run_ray(
+    stage: Stage, output: str, options: RayOptions, *, progress: bool | ProgressGroup | None = None
+) -> RunSummary:
     """Process every unfinished shard of ``stage`` on Ray actors."""
     return run_graph_ray([StageSpec(stage=stage, output=output)], options, progress=progress)[0]

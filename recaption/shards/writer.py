@@ -37,6 +37,14 @@ def write_parquet_atomic(
 class ShardOutput:
     """Collects one shard's rows, failures and counters; :meth:`commit` makes them visible."""
 
+    #: Set by the runner: told how many more input samples are done (see :meth:`progress`).
+    on_progress: Any = None
+
+    def progress(self, n: int) -> None:
+        """A stage calls this per batch with the samples it finished, for progress within the shard."""
+        if self.on_progress is not None and n:
+            self.on_progress(n)
+
     def __init__(
         self,
         stage_dir: StageDir,
