@@ -54,9 +54,10 @@ def caption_command(
     text_column: str | None = source_options.text_column,
     image_column: str | None = source_options.image_column,
     executor: str = typer.Option(
-        "ray",
+        "auto",
         "--executor",
-        help="ray: one actor per GPU (Ray starts here unless --ray-address); local: this process.",
+        help="ray: one actor per GPU (Ray starts here unless --ray-address); local: this process; "
+        "auto: ray with --ray-address or more than one shard to do, else local.",
     ),
     ray_address: str | None = run_options.ray_address,
     workers: int | None = run_options.workers,

@@ -70,7 +70,10 @@ def encode_command(
         None, "--max-file-size", help="Split a shard into files of at most this size (512MB, 2GiB)."
     ),
     executor: str = typer.Option(
-        "ray", "--executor", help="ray (actors, one per GPU) | local (this process)."
+        "auto",
+        "--executor",
+        help="ray (actors, one per GPU) | local (this process) | auto (ray with --ray-address or more "
+        "than one shard to do, else local).",
     ),
     ray_address: str | None = run_options.ray_address,
     workers: int | None = run_options.workers,

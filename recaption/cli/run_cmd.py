@@ -20,7 +20,7 @@ def run_command(
     prompt: str | None = typer.Option(
         None, "--prompt", help="sam | laion | a template (sets caption.prompt)."
     ),
-    executor: str | None = typer.Option(None, "--executor", help="ray | local (sets executor)."),
+    executor: str | None = typer.Option(None, "--executor", help="auto | ray | local (sets executor)."),
     ray_address: str | None = typer.Option(
         None, "--ray-address", envvar="RAY_ADDRESS", help="Join this Ray cluster."
     ),

@@ -160,8 +160,10 @@ class PipelineConfig(_Strict):
     output: str = Field(
         description="Output folder: captions/, nouns/, features/, pipeline.yaml, summary.json."
     )
-    executor: Literal["ray", "local"] = Field(
-        "ray", description="ray: stages overlap on actors; local: one after another here."
+    executor: Literal["auto", "ray", "local"] = Field(
+        "auto",
+        description="ray: stages overlap on actors; local: one after another here; auto: ray with "
+        "a Ray address or more than one shard to do, else local (no Ray start for small jobs).",
     )
     ray: RayConfig = Field(default_factory=RayConfig)  # type: ignore[arg-type]
     caption: CaptionConfig = Field(default_factory=CaptionConfig)  # type: ignore[arg-type]

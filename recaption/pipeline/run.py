@@ -256,7 +256,18 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> Pipeli
     t0 = time.time()
     names = list(p.stages)
     summaries: dict[str, RunSummary] = {}
-    if cfg.executor == "ray":
+    executor = cfg.executor
+    if executor == "auto":
+        from recaption.runner.auto import choose_executor, pending_shards
+
+        # No rule on workers here: with one worker each, Ray still overlaps the stages.
+        executor, why = choose_executor(
+            "auto",
+            pending=[pending_shards(ps.stage, ps.output) for ps in p.stages.values()],
+            address=cfg.ray.address,
+        )
+        log.info("executor %s: %s", executor, why)
+    if executor == "ray":
         from recaption.runner.ray import RayOptions, StageSpec, run_graph_ray
 
         specs = [

@@ -97,6 +97,25 @@ class _Reporter:
             self.pending, self.last = 0, now
 
 
+def _quiet_embedded_token_notice() -> None:
+    """Drop Ray's "Token authentication is enabled for this Ray cluster" warning: for a Ray that
+    lives inside this command and ends with it, there is nothing for the user to do (token
+    authentication stays on; only the notice goes)."""
+    import logging
+
+    name = "ray._private.authentication.authentication_token_setup"
+    target = logging.getLogger(name)
+    if not any(getattr(f, "recaption", False) for f in target.filters):
+
+        class _Filter(logging.Filter):
+            recaption = True
+
+            def filter(self, record: logging.LogRecord) -> bool:
+                return not str(record.msg).startswith("Token authentication is enabled")
+
+        target.addFilter(_Filter())
+
+
 def ensure_ray(options: RayOptions) -> bool:
     """Connect to (or start) Ray; returns True if this call started it."""
     import ray
@@ -120,6 +139,7 @@ def ensure_ray(options: RayOptions) -> bool:
         if options.num_cpus is not None:
             kwargs["num_cpus"] = options.num_cpus
         # "local": a new Ray inside this process, never a cluster that `ray start` left on this machine.
+        _quiet_embedded_token_notice()
         ray.init(address="local", **kwargs)
     if callable(sigterm_before):
         # ray.init installs its own SIGTERM handler in the driver (a stack dump, then exit). Put

@@ -4,6 +4,7 @@ example photos the repository ships (examples/), from a fresh clone's layout."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +33,7 @@ def test_demo_runs_with_no_source(
     tiny_llava_dir: str,
     tiny_t5_dir: str,
     tiny_vae_model_dir: str,
+    caplog: pytest.LogCaptureFixture,
 ):
     # A fresh clone's layout: pipelines/ and examples/ from the repository, tiny-models/ as
     # `recaption tiny-models tiny-models` makes it (the session's tiny models, to save building them).
@@ -41,8 +43,8 @@ def test_demo_runs_with_no_source(
     (tmp_path / "tiny-models").mkdir()
     for name, src in (("llava", tiny_llava_dir), ("t5", tiny_t5_dir), ("vae", tiny_vae_model_dir)):
         (tmp_path / "tiny-models" / name).symlink_to(src)
-    args = ["run", "pipelines/tiny-offline.yaml", "--set", "executor=local", "--json"]
-    r = CliRunner().invoke(app, args, catch_exceptions=False)
+    caplog.set_level(logging.INFO, logger="recaption")
+    r = CliRunner().invoke(app, ["run", "pipelines/tiny-offline.yaml", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     out = tmp_path / "runs" / "tiny"
     summary = json.loads((out / "summary.json").read_text())
@@ -52,4 +54,6 @@ def test_demo_runs_with_no_source(
     assert captions["dense_caption"].notna().all()
     assert captions["error"].isna().all()
     assert (out / "report" / "index.html").exists()
-    assert len(list((out / "features").glob("part-*.parquet"))) == 3  # shard_size 2: three shards
+    assert len(list((out / "features").glob("part-*.parquet"))) == 1
+    # one shard: --executor auto ran it here, without starting Ray
+    assert any("executor local: one shard per stage to do" in m for m in caplog.messages)
