@@ -342,7 +342,12 @@ def print_report(report: Mapping[str, Any], console: Any = None) -> None:
     """Print the main table and the matched comparisons to the terminal."""
     from rich.console import Console
 
-    console = console or Console()
+    if console is None:
+        import sys
+
+        # Outside a terminal (logs, files) rich would wrap at 80 columns, one cell over three lines.
+        tty = sys.stdout.isatty()
+        console = Console(width=None if tty else 240, soft_wrap=not tty)
     console.print(rich_table(report))
     for row in problem_rows(report):
         console.print(

@@ -230,6 +230,7 @@ class PipelineResult:
     report_files: dict[str, str]
     output: str
     html_report: str | None = None  # OUTPUT/report/index.html (`recaption report`), when written
+    totals: dict[str, Any] = field(default_factory=dict)  # summary.json's: the whole output's figures
 
     def ok(self) -> bool:
         return all(s.ok for s in self.summaries.values())
@@ -326,6 +327,20 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> Pipeli
         }
         for s in run_status(cfg.output)["stages"]
     }
+    # Caption quality over the whole output too: a rerun with nothing left to do still shows it.
+    from recaption.quality import stage_quality
+    from recaption.shards.layout import StageDir
+
+    for ps in p.stages.values():
+        name = ps.stage.name + ("_text" if ps.output == p.features_text else "")
+        if name in summary["totals"]:
+            counters: dict[str, int] = {}
+            for st in StageDir(ps.output).read_stats():
+                for k, v in (st.get("counters") or {}).items():
+                    counters[k] = counters.get(k, 0) + int(v)
+            t = summary["totals"][name]
+            t["quality"] = stage_quality(ps.stage.name, counters, errors=int(t["errors"]))
+    result.totals = summary["totals"]
     from recaption.report import REPORT_FILE, write_report
 
     summary["html_report"] = result.html_report = io.join(cfg.output, REPORT_FILE)

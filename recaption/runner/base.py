@@ -12,6 +12,7 @@ from typing import Any
 
 from recaption import __version__, io
 from recaption.errors import RecaptionError
+from recaption.quality import stage_quality
 from recaption.readers.base import InputShard
 from recaption.shards.layout import StageDir
 from recaption.shards.writer import ShardOutput
@@ -156,6 +157,16 @@ class RunSummary:
     def ok(self) -> bool:
         return not self.failed
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """The stage's own counters (``captioned``, ``length_limited``...) summed over the shards
+        done now."""
+        out: dict[str, int] = {}
+        for s in self.done:
+            for k, v in (s.get("counters") or {}).items():
+                out[k] = out.get(k, 0) + int(v)
+        return dict(sorted(out.items()))
+
     def error_reasons(self, kind: str = "error") -> dict[str, int]:
         """Reasons by count over the shards done now (``kind="warning"``: the warnings')."""
         out: dict[str, int] = {}
@@ -180,6 +191,9 @@ class RunSummary:
             "warnings": self.warnings,
             "error_reasons": self.error_reasons(),
             "warning_reasons": self.error_reasons("warning"),
+            "counters": self.counters,
+            # finish reasons, repetition, prompt fallbacks, T5 truncation (None: not a caption stage)
+            "quality": stage_quality(self.stage, self.counters, errors=self.errors),
             "seconds": round(self.seconds, 3),
             "rows_per_second": round(rate, 3),
         }
