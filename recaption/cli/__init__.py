@@ -6,6 +6,7 @@ from __future__ import annotations
 from recaption.cli import (  # noqa: F401  (registers the commands)
     caption_cmd,
     encode_cmd,
+    export_captions_cmd,
     index_cmd,
     inspect_cmd,
     nouns_cmd,
