@@ -7,6 +7,7 @@ settings can be given as flags (``--set caption.model=...``).
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import (
@@ -223,7 +224,12 @@ def _explain(e: ValidationError) -> ConfigError:
     loc = tuple(err.get("loc", ()))
     key = ".".join(str(p) for p in loc) or "(top level)"
     if err.get("type") == "extra_forbidden":
-        return ConfigError(key, err.get("input"), _accepted(PipelineConfig, loc), hint=f"unknown key {key!r}")
+        accepted = _accepted(PipelineConfig, loc)
+        hint = f"unknown key {key!r}"
+        close = difflib.get_close_matches(str(loc[-1]) if loc else "", accepted, n=1, cutoff=0.6)
+        if close:
+            hint += f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?"
+        return ConfigError(key, err.get("input"), accepted, hint=hint)
     if err.get("type") == "missing":
         return ConfigError(key, None, "a value", hint=f"{key!r} is required")
     return ConfigError(key, err.get("input"), err.get("msg", "a valid value"))
@@ -312,17 +318,29 @@ def section_of(key: str) -> str:
     return "caption" if head == "source" else head
 
 
+def _yaml_value(value: Any) -> str:
+    """A default as a pipeline file writes it: ``null``, ``true``, ``[256, 512]``, ``auto``."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
 def describe_fields() -> str:
-    """Every key with its default and description (for --help-config)."""
+    """Every key with its default and description (for --help-config), as valid YAML: the
+    defaults as a pipeline file writes them (``null``, ``true``), required keys commented."""
     lines = []
     for section_name, field in PipelineConfig.model_fields.items():
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             lines.append(f"{section_name}:")
             for k, f in ann.model_fields.items():
-                default = "(required)" if f.is_required() else repr(f.default)
-                lines.append(f"  {k}: {default}  # {f.description}")
+                if f.is_required():
+                    lines.append(f"  {k}:   # (required) {f.description}")
+                else:
+                    lines.append(f"  {k}: {_yaml_value(f.default)}  # {f.description}")
+        elif field.is_required():
+            lines.append(f"{section_name}:   # (required) {field.description}")
         else:
-            default = "(required)" if field.is_required() else repr(field.default)
-            lines.append(f"{section_name}: {default}  # {field.description}")
+            lines.append(f"{section_name}: {_yaml_value(field.default)}  # {field.description}")
     return "\n".join(lines)
