@@ -266,7 +266,6 @@ class EncodeStage(Stage):
 
         try:
             for batch in prefetch_batches(todo, load, self.batch_rows, workers=self.decode_threads, depth=2):
-                out.progress(len(batch.items))
                 ok: list[tuple[dict[str, Any], Any]] = []
                 for r, value, err in zip(batch.items, batch.values, batch.errors, strict=True):
                     if err is not None:
@@ -284,8 +283,10 @@ class EncodeStage(Stage):
                             keep.append((r, (img, (w, h))))
                     ok = keep
                 if not ok:
+                    out.progress(len(batch.items))
                     continue
                 out.write(self._encode(ok, out, text_rows))
+                out.progress(len(batch.items))
         finally:
             opener.close()  # temporary files of decompressed .tar.gz shards
         return {"encoder": self._stats()}

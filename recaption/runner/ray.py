@@ -93,7 +93,8 @@ class _Reporter:
         self.pending += n
         now = time.monotonic()
         if now - self.last >= self.every:
-            self.sink.add.remote(self.stage, self.shard, self.pending)
+            with contextlib.suppress(Exception):  # progress is for people: it never fails a shard
+                self.sink.add.remote(self.stage, self.shard, self.pending)
             self.pending, self.last = 0, now
 
 
