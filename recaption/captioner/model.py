@@ -101,6 +101,9 @@ class CaptionerConfig:
     local_files_only: bool = False
     prefetch_workers: int = 4
     prefetch_depth: int = 2
+    # Family-specific image options (Qwen's min/max_pixels, Idefics3's longest_edge, ...): see
+    # recaption.captioner.families; names checked here, values when the model's family is known.
+    image_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -144,6 +147,9 @@ class CaptionerConfig:
             raise ConfigError("prefetch_workers", self.prefetch_workers, "an integer >= 1")
         if self.prefetch_depth < 1:
             raise ConfigError("prefetch_depth", self.prefetch_depth, "an integer >= 1")
+        from recaption.captioner.families import check_option_names
+
+        check_option_names(self.image_options)
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -283,7 +289,9 @@ class Captioner:
         """Load processor and model onto the configured device. Fails at once for a wrong model."""
         if self.loaded:
             return self
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        from recaption.captioner.families import apply_image_options, load_processor
 
         cfg = self.config
         source = self._resolve_source()
@@ -303,14 +311,16 @@ class Captioner:
             ) from None
         self._check_vlm(hf_config)
         try:
-            processor = AutoProcessor.from_pretrained(source, **common)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            # The family's loader where it has one (Qwen without torchvision), else AutoProcessor.
+            processor = load_processor(getattr(hf_config, "model_type", ""), source, **common)
+        except (OSError, ValueError, KeyError, TypeError, ImportError) as e:
             raise ConfigError(
                 "model",
                 cfg.model,
                 "a model folder with a processor",
                 hint=f"cannot load its processor: {first_line(e)}",
             ) from None
+        apply_image_options(getattr(hf_config, "model_type", ""), processor, cfg.image_options)
         device = cfg.resolved_device()
         dtype = self._torch_dtype(device)
         try:

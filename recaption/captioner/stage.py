@@ -35,6 +35,7 @@ _SEMANTIC = (
     "seed",
     "max_image_pixels",
     "trust_remote_code",
+    "image_options",
 )
 
 

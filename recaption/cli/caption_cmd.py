@@ -48,6 +48,12 @@ def caption_command(
         False, "--compile/--no-compile", help="torch.compile generation on GPU (+8-10%, ~30 s warm-up)."
     ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own code."),
+    image_option: list[str] = typer.Option(
+        [],
+        "--image-option",
+        help="A model-family image option as KEY=VALUE (repeatable): min_pixels, max_pixels (Qwen2-VL, "
+        "Qwen2.5-VL); longest_edge, do_image_splitting (Idefics3, SmolVLM).",
+    ),
     kind: str = source_options.kind,
     shard_size: int | None = source_options.shard_size,
     captions_dir: str | None = source_options.captions_dir,
@@ -64,7 +70,7 @@ def caption_command(
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
     """Dense captions with a vision-language model (PixArt's LLaVA recaptioning), a shard per input shard."""
-    from recaption.pipeline.build import caption_stage, section_from_flags
+    from recaption.pipeline.build import caption_stage, parse_key_values, section_from_flags
     from recaption.pipeline.config import CaptionConfig
     from recaption.readers import open_source
     from recaption.runner import RayOptions, run_stage
@@ -86,6 +92,7 @@ def caption_command(
             "max_image_pixels": max_image_pixels,
             "compile": compile_,
             "trust_remote_code": trust_remote_code,
+            "image_options": parse_key_values("--image-option", image_option),
         },
         flags={"sample": "--sample/--greedy", "compile": "--compile/--no-compile"},
     )

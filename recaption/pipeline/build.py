@@ -43,6 +43,22 @@ def section_from_flags(model: type[M], values: dict[str, Any], flags: dict[str, 
         raise ConfigError(flag, err.get("input"), err.get("msg", "a valid value")) from None
 
 
+def parse_key_values(flag: str, items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` flags as a mapping; values read as YAML scalars (``true``, ``1003520``, ``x``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(flag, item, "KEY=VALUE (e.g. max_pixels=1003520)")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
 @contextmanager
 def in_section(section: str) -> Iterator[None]:
     """Name a model or stage check's failure by its pipeline key (``caption.dtype``, not ``dtype``)."""
@@ -92,6 +108,7 @@ def captioner_config(c: CaptionConfig) -> CaptionerConfig:
         max_image_pixels=c.max_image_pixels,
         compile=c.compile,
         trust_remote_code=c.trust_remote_code,
+        image_options=dict(c.image_options),
     )
 
 

@@ -69,6 +69,11 @@ class CaptionConfig(_Strict):
         False, description="torch.compile generation on GPU (+8-10% measured, ~30 s warm-up)."
     )
     trust_remote_code: bool = Field(False, description="Allow the model repository's own code.")
+    image_options: dict[str, Any] = Field(
+        {},
+        description="Model-family image options: min_pixels/max_pixels (Qwen2-VL, Qwen2.5-VL), "
+        "longest_edge/do_image_splitting (Idefics3, SmolVLM).",
+    )
     workers: PositiveInt | None = Field(
         None, description="Caption workers (default: one per GPU, or per CPU slot)."
     )
