@@ -17,11 +17,12 @@ def caption_command(
         "llava-hf/llava-1.5-7b-hf", "--model", help="Hub id or local folder of a chat-template VLM."
     ),
     revision: str | None = typer.Option(None, "--revision", help="Model revision (branch, tag or commit)."),
-    prompt: str = typer.Option(
-        "auto",
+    prompt: list[str] = typer.Option(
+        [],
         "--prompt",
-        help="sam | laion | a template with {raw_caption}. auto: sam for SA-1B, laion (raw caption as hint) "
-        "otherwise.",
+        help="sam | laion | a template with {raw_caption} | auto (default: laion where the source has raw "
+        "captions, sam otherwise). Repeatable as COLUMN=PROMPT, one caption column each, e.g. "
+        "--prompt dense_caption=sam --prompt short_caption='Describe this image in one sentence.'",
     ),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu."),
     dtype: str = typer.Option(
@@ -44,6 +45,13 @@ def caption_command(
         "--max-image-pixels",
         help="Shrink larger images to this many pixels before preprocessing.",
     ),
+    retry_flagged: int = typer.Option(
+        0,
+        "--retry-flagged",
+        help="Regenerate a caption that hit --max-new-tokens or loops, with seeded sampling, up to N times "
+        "(the first clean one is kept, or the last).",
+    ),
+    retry_temperature: float = typer.Option(0.7, "--retry-temperature", help="Temperature of those retries."),
     compile_: bool = typer.Option(
         False, "--compile/--no-compile", help="torch.compile generation on GPU (+8-10%, ~30 s warm-up)."
     ),
@@ -80,7 +88,9 @@ def caption_command(
         {
             "model": model,
             "revision": revision,
-            "prompt": prompt,
+            "prompt": list(prompt) if len(prompt) > 1 else (prompt[0] if prompt else "auto"),
+            "retry_flagged": retry_flagged,
+            "retry_temperature": retry_temperature,
             "device": device,
             "dtype": dtype,
             "batch_size": batch_size,

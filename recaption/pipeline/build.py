@@ -116,7 +116,13 @@ def caption_stage(c: CaptionConfig, source: Source) -> CaptionStage:
     """The caption stage of a ``caption`` section over an opened source."""
     from recaption.captioner.stage import CaptionStage
 
-    return CaptionStage(source=source, model=captioner_config(c), prompt=c.prompt)
+    return CaptionStage(
+        source=source,
+        model=captioner_config(c),
+        prompt=c.prompt,
+        retry_flagged=c.retry_flagged,
+        retry_temperature=c.retry_temperature,
+    )
 
 
 def noun_options(n: NounsConfig) -> NounOptions:

@@ -46,8 +46,10 @@ class CaptionConfig(_Strict):
         "llava-hf/llava-1.5-7b-hf", description="Hub id or local folder of a chat-template VLM."
     )
     revision: str | None = Field(None, description="Model revision.")
-    prompt: str = Field(
-        "auto", description="sam | laion | a template with {raw_caption}; auto: by source kind."
+    prompt: str | list[str] = Field(
+        "auto",
+        description="sam | laion | a template with {raw_caption}; auto: laion where the source has raw "
+        "captions, sam otherwise. A list of COLUMN=PROMPT writes one caption column per prompt.",
     )
     device: str = Field("auto", description="auto | cuda | cuda:N | cpu.")
     dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32.")
@@ -69,6 +71,12 @@ class CaptionConfig(_Strict):
         False, description="torch.compile generation on GPU (+8-10% measured, ~30 s warm-up)."
     )
     trust_remote_code: bool = Field(False, description="Allow the model repository's own code.")
+    retry_flagged: int = Field(
+        0,
+        ge=0,
+        description="Regenerate a caption that hit max_new_tokens or loops (seeded sampling), up to N times.",
+    )
+    retry_temperature: float = Field(0.7, gt=0, description="Sampling temperature of those retries.")
     image_options: dict[str, Any] = Field(
         {},
         description="Model-family image options: min_pixels/max_pixels (Qwen2-VL, Qwen2.5-VL), "

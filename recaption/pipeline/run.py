@@ -107,7 +107,8 @@ def plan(cfg: PipelineConfig) -> Plan:
             raise ConfigError(
                 "nouns.labels", labels, f"{len(n.columns)} labels, one per column of nouns.columns"
             )
-        _check_caption_columns(p.captions, list(n.columns), captioning=cfg.caption.enabled)
+        caption_stage = p.stages["caption"].stage if "caption" in p.stages else None
+        _check_caption_columns(p.captions, list(n.columns), captioning=caption_stage)
         with build.in_section("nouns"):
             options = build.noun_options(n)
         stage_n = NounsStage(
@@ -154,13 +155,12 @@ def plan(cfg: PipelineConfig) -> Plan:
     return p
 
 
-def _check_caption_columns(captions: str, columns: list[str], *, captioning: bool) -> None:
+def _check_caption_columns(captions: str, columns: list[str], *, captioning: Any) -> None:
     """``nouns.columns`` must name columns the caption shards have: checked before any captioning,
-    not found out by every noun shard after it."""
-    if captioning:
-        from recaption.captioner.stage import caption_schema
-
-        available = list(caption_schema().names)
+    not found out by every noun shard after it. ``captioning``: the caption stage of this run, if any
+    (its schema has one column per prompt)."""
+    if captioning is not None:
+        available = list(captioning.schema().names)
     else:
         from recaption.shards.layout import StageDir
 
