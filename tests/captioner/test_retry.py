@@ -158,7 +158,7 @@ def test_first_clean_retry_is_kept(
 
 
 def test_retry_options_are_validated(tiny_llava_dir: str, sam_tars: Path):
-    with pytest.raises(ConfigError, match="retry_flagged.*integer >= 0"):
+    with pytest.raises(ConfigError, match=r"retry_flagged.*integer >= 0"):
         CaptionStage(source=open_source(str(sam_tars)), model=cfg(tiny_llava_dir), retry_flagged=-1)
     with pytest.raises(ConfigError, match="retry_temperature"):
         CaptionStage(
