@@ -183,4 +183,5 @@ def encode_stage(
         batch_rows=e.batch_rows,
         max_file_rows=e.max_file_rows,
         max_file_bytes=int(e.max_file_size) if e.max_file_size is not None else None,
+        drop_flagged=tuple(e.drop_flagged),
     )

@@ -119,7 +119,12 @@ class EncodeConfig(_Strict):
     preset: Literal["alpha", "sigma"] = Field(
         "alpha", description="alpha: T5 120 tokens, cleaned, SD VAE; sigma: 300, SDXL VAE."
     )
-    fields: list[Literal["dense", "raw"]] = Field(["dense"], description="Captions to encode.")
+    fields: list[str] = Field(
+        ["dense"], description="Captions to encode: dense, raw, or a caption column (e.g. short_caption)."
+    )
+    drop_flagged: list[Literal["length", "repetition", "fallback", "error"]] = Field(
+        [], description="Leave out rows whose captions have these flags (each listed in the manifest)."
+    )
     t5_model: str | None = Field(None, description="T5 hub id or folder (default: the preset's).")
     t5_hidden_size: int | None = Field(
         None, description="Expected T5 hidden size (default: the preset's, 4096)."

@@ -131,6 +131,8 @@ def plan(cfg: PipelineConfig) -> Plan:
     if cfg.encode.enabled:
         e = cfg.encode
         after = "caption" if expected is not None else None
+        if "caption" in p.stages:
+            _check_encode_fields(list(e.fields), p.stages["caption"].stage)
         if e.split_workers:
             text_url = p.features_text
             with build.in_section("encode"):
@@ -153,6 +155,17 @@ def plan(cfg: PipelineConfig) -> Plan:
     if not p.stages:
         raise ConfigError("caption/nouns/encode.enabled", False, "at least one stage enabled")
     return p
+
+
+def _check_encode_fields(fields: list[str], caption_stage: Any) -> None:
+    """``encode.fields`` naming a caption column must name one this run's captioning writes."""
+    from recaption.encoder.stage import FIELD_COLUMNS
+
+    available = list(caption_stage.schema().names)
+    for f in fields:
+        if f not in FIELD_COLUMNS and f not in available:
+            columns = sorted(c for c in available if c.endswith("caption"))
+            raise ConfigError("encode.fields", f, ["dense", "raw", *columns])
 
 
 def _check_caption_columns(captions: str, columns: list[str], *, captioning: Any) -> None:

@@ -54,6 +54,7 @@ CASES: list[tuple[str, Any, dict[str, str], dict[str, str]]] = [
 NORMALIZE = {
     ("encode", "fields"): lambda v: [x for x in v.split(",") if x],
     ("caption", "image_options"): lambda v: dict(x.split("=", 1) for x in v),
+    ("encode", "drop_flagged"): lambda v: [x for x in v.split(",") if x],
     ("caption", "prompt"): lambda v: v[0] if len(v) == 1 else (v or "auto"),
 }
 
