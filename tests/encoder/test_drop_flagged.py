@@ -169,3 +169,27 @@ def test_encode_command_drop_flagged(
     assert sorted(pd.read_parquet(out).key) == ["000000000", "000000001", "000000003", "000000004"]
     r = CliRunner().invoke(app, [*args, "--drop-flagged", "loops"])
     assert r.exit_code != 0 and "--drop-flagged" in r.output
+
+
+def test_a_second_caption_column_becomes_sigmas_alternative_caption(
+    flagged_captions: Path, tiny_t5_dir: str, tiny_vae_model_dir: str, tmp_path: Path
+):
+    import json
+
+    from recaption.pixart.export import export_pixart
+
+    out = tmp_path / "features"
+    s = stage(flagged_captions, tiny_t5_dir, tiny_vae_model_dir, fields=("dense", "short_caption"))
+    assert run_local(s, str(out), progress=False).ok
+    summary = export_pixart(
+        str(out), str(tmp_path / "px"), alt_caption_field="short_caption", layouts=("sigma",)
+    )
+    # the texts T5 encoded (the captions, control characters removed)
+    feats = pd.read_parquet(out).set_index("key")
+    items = json.loads(Path(summary.data_info[0]).read_text())
+    assert len(items) == 6
+    for it in items:
+        key = Path(it["path"]).stem
+        assert it["prompt"] == feats.loc[key, "t5_dense_text"]
+        assert it["sharegpt4v"] == feats.loc[key, "t5_short_caption_text"]
+    assert [it["sharegpt4v"] for it in items] != [it["prompt"] for it in items]
