@@ -160,7 +160,6 @@ class CaptionStage(Stage):
         auto = default_prompt_for(self.source) if needs_auto or not items else None
         self.specs: list[CaptionSpec] = parse_caption_specs(items, auto)
         self._captioner: Captioner | None = None
-        self.decodes = 0  # images decoded by this stage object (tests check: once per image)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -248,7 +247,6 @@ class CaptionStage(Stage):
                 if entry.image is None and entry.error is None:
                     try:
                         decoded = cap.decode(s.image_bytes())
-                        self.decodes += 1
                         s.width, s.height = decoded.width, decoded.height
                         entry.image = decoded.image
                     except Exception as e:
