@@ -270,6 +270,7 @@ class Captioner:
         self._chat_cache: dict[str, str] = {}
         self._min_side = 0
         self._stream_counter = itertools.count()
+        self.vision_stats: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Ship configuration, not weights: a worker unpickles and calls load() itself.
@@ -451,6 +452,10 @@ class Captioner:
         )
         self.model, self.processor = model, processor
         self.model_id, self.revision = model_id, revision
+        from recaption.captioner.families import share_image_features
+
+        # neighbouring rows with the same image (several prompts per image) share its vision features
+        self.vision_stats = share_image_features(getattr(model.config, "model_type", ""), model)
         self.device = str(next(model.parameters()).device)
         self._min_side = _min_side_needed(image_processor)
         if self.batch_size <= 0:

@@ -8,8 +8,9 @@ The model loads once per worker in :meth:`CaptionStage.setup`; images are decode
 while the previous batch generates (:meth:`Captioner.caption_stream`).
 
 Several prompts (:mod:`recaption.captioner.captions`): each image is read and decoded **once**;
-its prompts go to the model as neighbouring rows of the same batches (the image processor and the
-vision tower run once per prompt: their inputs are per row). ``--retry-flagged N`` regenerates a
+its prompts go to the model as neighbouring rows of the same batches, and rows with the same image
+share one pass through the vision tower (:mod:`recaption.captioner.families.shared_vision`). The
+image processor still runs per row (CPU, on the prefetch threads). ``--retry-flagged N`` regenerates a
 caption that hit the length limit or was flagged a repetition loop, with seeded sampling (stream
 ``key/column#retryA``), up to N times, keeping the first clean one, or the last.
 """

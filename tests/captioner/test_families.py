@@ -232,3 +232,36 @@ def test_tiny_models_command_builds_the_asked_families(tmp_path: Path):
     assert Captioner(CaptionerConfig(model=str(tmp_path / "qwen2-vl"), device="cpu")).load().loaded
     r = CliRunner().invoke(app, ["tiny-models", str(tmp_path / "x"), "--family", "qwen3"])
     assert r.exit_code != 0 and "--family" in r.output and "qwen2.5-vl" in r.output
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_an_image_with_two_prompts_goes_through_the_vision_tower_once(
+    tiny_families: dict[str, str], mixed_images: list, name: str
+):
+    """Neighbouring rows with the same image (several prompts per image) share its features: the
+    vision tower sees exactly what it sees for the distinct images alone, and each row's caption is
+    the one it gets alone."""
+    images = mixed_images[-3:]
+    rows = [im for im in images for _ in range(2)]
+    prompts = ["Describe this image", "Describe this image in one sentence."] * len(images)
+    cap = load(tiny_families[name], batch_size=len(rows))
+    inner = cap.model.model
+    tower = next(getattr(inner, a) for a in ("vision_tower", "vision_model", "visual") if hasattr(inner, a))
+    seen: list[int] = []
+    tower.register_forward_hook(
+        lambda m, args, kwargs, out: seen.append(_rows(args, kwargs)), with_kwargs=True
+    )
+    both = cap.caption(rows, prompts)
+    with_duplicates, seen[:] = sum(seen), []
+    cap.caption(images, prompts[::2])
+    assert with_duplicates == sum(seen) > 0
+    assert cap.vision_stats.images == 9 and cap.vision_stats.encoded == 6
+    assert all(r.ok for r in both)
+    assert [r.text for r in both] == [
+        cap.caption([im], [p])[0].text for im, p in zip(rows, prompts, strict=True)
+    ]
+
+
+def _rows(args: tuple, kwargs: dict) -> int:
+    x = args[0] if args else next(iter(kwargs.values()))
+    return int(x.shape[0])

@@ -98,6 +98,14 @@ def load_processor(model_type: str, source: str, **common: Any) -> Any:
     return AutoProcessor.from_pretrained(source, **common)
 
 
+def share_image_features(model_type: str, model: Any) -> Any:
+    """Encode each distinct image of a batch once (see :mod:`.shared_vision`); its counters, or None."""
+    from recaption.captioner.families.shared_vision import share_image_features as share
+
+    mod = family_for(model_type)
+    return share(model, mod.NAME) if mod is not None else None
+
+
 def build_tiny_models(folder: str, names: list[str] | None = None, *, seed: int = 0) -> dict[str, str]:
     """Build each family's tiny model into ``folder/<family>``; returns ``{family: path}``."""
     from pathlib import Path
