@@ -265,3 +265,26 @@ def test_an_image_with_two_prompts_goes_through_the_vision_tower_once(
 def _rows(args: tuple, kwargs: dict) -> int:
     x = args[0] if args else next(iter(kwargs.values()))
     return int(x.shape[0])
+
+
+def test_sigma_qwen_pipeline_file_builds_its_stages(tmp_path: Path):
+    """Two prompts, retries and dropped flags in one pipeline file, checked by the run's planner."""
+    from recaption.pipeline.config import load_config, read_config
+    from recaption.pipeline.run import plan
+
+    root = Path(__file__).resolve().parents[2]
+    data = read_config(str(root / "pipelines" / "sigma-qwen2.5-vl.yaml"))
+    (tmp_path / "images").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "images" / "a.jpg")
+    data["source"]["path"] = str(tmp_path / "images")
+    data["output"] = str(tmp_path / "out")
+    cfg = load_config(data)
+    p = plan(cfg)
+    caption = p.stages["caption"].stage
+    assert caption.columns == ["dense_caption", "short_caption"] and caption.retry_flagged == 2
+    assert p.stages["encode"].stage.drop_flagged == ("length", "repetition", "error")
+    data["encode"]["fields"] = ["dense", "long_caption"]
+    with pytest.raises(ConfigError, match=r"encode\.fields.*long_caption.*short_caption"):
+        plan(load_config(data))
