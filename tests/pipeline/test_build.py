@@ -31,6 +31,9 @@ CAPTION_VALUES: dict[str, Any] = {
     "max_image_pixels": 512 * 512,
     "compile": True,
     "trust_remote_code": True,
+    "image_options": {"max_pixels": 64 * 784},
+    "retry_flagged": 2,
+    "retry_temperature": 0.9,
 }
 NOUNS_VALUES: dict[str, Any] = {
     "lemmatize": False,
@@ -60,6 +63,7 @@ ENCODE_VALUES: dict[str, Any] = {
     "batch_rows": 8,
     "max_file_rows": 100,
     "max_file_size": "1GB",
+    "drop_flagged": ["length"],
 }
 
 
@@ -83,7 +87,11 @@ def test_caption_setting_reaches_the_stage(key: str, tmp_path: Path):
     src = open_source(str(tmp_path))
     base = build.caption_stage(CaptionConfig(), src)
     changed = build.caption_stage(CaptionConfig(**{key: CAPTION_VALUES[key]}), src)
-    assert (_state(changed.model), changed.prompt) != (_state(base.model), base.prompt)
+
+    def state(st: Any) -> Any:
+        return (_state(st.model), st.prompt, st.retry_flagged, st.retry_temperature)
+
+    assert state(changed) != state(base)
 
 
 @pytest.mark.parametrize("key", sorted(NOUNS_VALUES))
