@@ -21,7 +21,7 @@ from typing import Any
 
 from recaption.errors import ConfigError, RecaptionError
 from recaption.readers.base import InputShard
-from recaption.runner.base import RunSummary, log, prepare_output, run_shard
+from recaption.runner.base import RunSummary, log, prepare_output, run_shard, unmark
 from recaption.runner.progress import ProgressGroup, StageProgress
 from recaption.stage import Resources, Stage
 
@@ -205,8 +205,18 @@ def run_graph_ray(
     """Run several stages at once on Ray; stage B's shard i starts as soon as its upstream shard i is done.
 
     Returns one :class:`RunSummary` per spec. A shard whose upstream shard failed is reported as
-    failed ("upstream shard failed") and not attempted.
+    failed ("upstream shard failed") and not attempted. The driver holds every output folder's
+    lease throughout (refused at once if another run holds one).
     """
+    from recaption.shards.lease import hold
+
+    with hold([s.output for s in specs], command="+".join(s.stage.name for s in specs)) as leases:
+        return _run_graph_ray(specs, options, leases, progress)
+
+
+def _run_graph_ray(
+    specs: list[StageSpec], options: RayOptions, leases: list[Any], progress: bool | ProgressGroup | None
+) -> list[RunSummary]:
     t0 = time.time()
     states: list[_State] = []
     group = progress if isinstance(progress, ProgressGroup) else ProgressGroup(progress)
@@ -214,6 +224,15 @@ def run_graph_ray(
         shards = spec.stage.shards()
         sd = prepare_output(spec.stage, spec.output, shards)
         done = sd.done_indices() & {s.index for s in shards}
+        if spec.after is not None:
+            # A shard redone upstream (its input changed) is redone here too, even where this
+            # stage's recorded input still matches: the upstream file is about to be rewritten.
+            for idx in sorted(set(states[spec.after].pending) & done):
+                log.info(
+                    "[%s] shard %d: its upstream shard is being redone; redoing it too", spec.stage.name, idx
+                )
+                unmark(sd, idx)
+                done.discard(idx)
         summary = RunSummary(
             stage=spec.stage.name, output=spec.output, total_shards=len(shards), skipped=len(done)
         )
@@ -380,6 +399,8 @@ def run_graph_ray(
     try:
         dispatch()
         while waiting:
+            for lease in leases:
+                lease.check()
             ready_refs, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0)
             poll_progress()
             if not ready_refs:
