@@ -37,7 +37,9 @@ def test_a_replaced_input_tar_is_redone_and_named(tmp_path: Path, caplog: pytest
     with caplog.at_level("WARNING", logger="recaption"):
         second = run_local(IndexStage(source=open_source(str(src))), str(out), progress=False)
     assert [s["shard"] for s in second.done] == [0]
-    assert any("sa_000000.tar changed (size" in r.message and "redoing it" in r.message for r in caplog.records)
+    assert any(
+        "sa_000000.tar changed (size" in r.message and "redoing it" in r.message for r in caplog.records
+    )
     df = pd.read_parquet(out)
     assert len(df) == 12
     third = run_local(IndexStage(source=open_source(str(src))), str(out), progress=False)
