@@ -62,7 +62,9 @@ def s3_endpoint() -> Iterator[str]:
             proc.wait()
 
 
+BLOCK = 5 * 2**20
 S3_ENV = {
+    "FSSPEC_S3": '{"default_block_size": %d}' % BLOCK,
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
@@ -73,8 +75,12 @@ S3_ENV = {
 @pytest.fixture
 def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
     """A fresh bucket on the loopback server, this process's environment pointed at it."""
+    import fsspec.config
     import s3fs
 
+    # S3's smallest part (5 MiB) as the block size, so a few MiB make a multipart upload (the
+    # default, 50 MiB, is what gigabyte feature shards meet).
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"default_block_size": BLOCK})
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
     for k, v in S3_ENV.items():
         monkeypatch.setenv(k, v)
