@@ -6,6 +6,7 @@ through ``AWS_ENDPOINT_URL_S3`` and dummy credentials in the environment; nothin
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -64,7 +65,7 @@ def s3_endpoint() -> Iterator[str]:
 
 BLOCK = 5 * 2**20
 S3_ENV = {
-    "FSSPEC_S3": '{"default_block_size": %d}' % BLOCK,
+    "FSSPEC_S3": json.dumps({"default_block_size": BLOCK}),
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",

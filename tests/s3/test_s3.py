@@ -161,7 +161,7 @@ def test_a_second_run_on_an_s3_folder_is_refused(s3: S3, tmp_path: Path):
 def test_a_missing_output_bucket_is_refused_not_created(s3: S3, monkeypatch: pytest.MonkeyPatch):
     inputs = _blob_inputs(s3, 1)
     out = "s3://typo-bkt-recaption/out"
-    with pytest.raises(OutputNotWritableError, match="no such bucket.*RECAPTION_CREATE_BUCKET=1"):
+    with pytest.raises(OutputNotWritableError, match=r"no such bucket.*RECAPTION_CREATE_BUCKET=1"):
         run_local(BlobStage(inputs=inputs), out, progress=False)
     s3.fs.invalidate_cache()  # type: ignore[attr-defined]
     assert not s3.fs.exists("typo-bkt-recaption")  # type: ignore[attr-defined]
