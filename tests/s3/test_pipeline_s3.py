@@ -10,7 +10,7 @@ import pytest
 
 from recaption import io
 from tests.pipeline.conftest import make_webdataset, tiny_config
-from tests.s3.conftest import S3
+from tests.s3.server import S3
 
 # Files whose content records a time, a host or a path: compared by their meaning, not bytes.
 VOLATILE = {"summary.json", "pipeline.yaml", "_stage.json", "_lease.json"}

@@ -18,7 +18,7 @@ from recaption.runner import run_local
 from recaption.shards.layout import StageDir
 from recaption.shards.lease import Lease, LeaseHeldError, OutputNotWritableError
 from recaption.status import run_status
-from tests.s3.conftest import REPO, S3
+from tests.s3.server import REPO, S3
 from tests.s3.stages import BlobStage
 
 
