@@ -44,8 +44,31 @@ def _ident(url: str, info: dict[str, Any]) -> dict[str, Any]:
     return {"path": url, "size": int(info.get("size") or 0), "version": _version(info)}
 
 
-def identities(paths: Iterable[str]) -> dict[str, dict[str, Any] | None]:
-    """The identity of each path (None where it does not exist), one listing per folder."""
+_LISTINGS: dict[str, dict[str, dict[str, Any]]] = {}  # a worker's listings of input folders
+
+
+def _listing(parent: str, reuse: bool) -> dict[str, dict[str, Any]]:
+    if reuse and parent in _LISTINGS:
+        return _LISTINGS[parent]
+    listed: dict[str, dict[str, Any]] = {}
+    try:
+        fs, ppath = io._fresh(parent)
+        for entry in fs.ls(ppath, detail=True):
+            listed[io.to_url(fs, entry["name"])] = entry
+    except (FileNotFoundError, NotADirectoryError, OSError):
+        listed = {}
+    if reuse:
+        _LISTINGS.clear()  # one folder at a time: a worker goes through one source
+        _LISTINGS[parent] = listed
+    return listed
+
+
+def identities(paths: Iterable[str], *, reuse_listings: bool = False) -> dict[str, dict[str, Any] | None]:
+    """The identity of each path (None where it does not exist).
+
+    On local disk one ``stat`` per file; on an object store one listing per folder instead of a
+    request per file (``reuse_listings``: the worker's listing of a folder serves all its shards).
+    """
     out: dict[str, dict[str, Any] | None] = {}
     by_parent: dict[str, list[str]] = {}
     for p in paths:
@@ -53,13 +76,8 @@ def identities(paths: Iterable[str]) -> dict[str, dict[str, Any] | None]:
         by_parent.setdefault(parent, []).append(p)
     for parent, members in by_parent.items():
         listed: dict[str, dict[str, Any]] = {}
-        if len(members) > 1:
-            try:
-                fs, ppath = io._fresh(parent)
-                for entry in fs.ls(ppath, detail=True):
-                    listed[io.to_url(fs, entry["name"])] = entry
-            except (FileNotFoundError, NotADirectoryError, OSError):
-                listed = {}
+        if len(members) > 1 and io.is_object_store(parent):
+            listed = _listing(parent, reuse_listings)
         for p in members:
             info = listed.get(p)
             if info is None or info.get("type") == "directory":
@@ -77,7 +95,7 @@ def identities(paths: Iterable[str]) -> dict[str, dict[str, Any] | None]:
 
 def shard_identity(shard: InputShard) -> list[dict[str, Any]]:
     """What the worker records in the shard's stats file (missing files are left out)."""
-    ids = identities(shard_paths(shard))
+    ids = identities(shard_paths(shard), reuse_listings=True)
     return [i for i in ids.values() if i is not None]
 
 
