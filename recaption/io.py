@@ -335,10 +335,10 @@ def atomic_open(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
     f, tmp, handle = open_output(url, mode)
     try:
         yield f
-    except BaseException:
+        commit_output(url, f, tmp, handle)
+    except BaseException:  # an interrupt (SIGTERM, Ctrl-C) while committing included
         abort_output(f, tmp, handle)
         raise
-    commit_output(url, f, tmp, handle)
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
