@@ -141,9 +141,10 @@ def ensure_ray(options: RayOptions) -> bool:
             kwargs["num_cpus"] = options.num_cpus
         # "local": a new Ray inside this process, never a cluster that `ray start` left on this machine.
         _quiet_embedded_token_notice()
+        before = _child_pids()
         with _loopback_only(kwargs):
             ray.init(address="local", **kwargs)
-        _reap_with_this_process()
+        _reap_with_this_process(_child_pids() - before)
     if callable(sigterm_before):
         # ray.init installs its own SIGTERM handler in the driver (a stack dump, then exit). Put
         # back the one the program had: the CLI's stops a run as Ctrl-C does, actors killed,
@@ -171,19 +172,24 @@ for p in procs:
 """
 
 
-def _reap_with_this_process() -> None:
-    """The processes an embedded Ray started die with this one, even when it is killed (-9).
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _reap_with_this_process(ray_pids: set[int]) -> None:
+    """The processes an embedded Ray started (``ray_pids``: this process's children that
+    ``ray.init`` added, never others it has) die with this one, even when it is killed (-9).
 
     Ray's own agents notice a dead driver only after their calls to the (dead) GCS time out, a
     minute or more later. A small watcher holds a pipe from this process; when the pipe closes it
-    kills the processes Ray started here (each checked by start time, so never a reused pid).
+    kills those processes (each checked by start time, so never a reused pid).
     """
     import subprocess
     import sys
 
-    import psutil
-
-    children = [p.pid for p in psutil.Process().children(recursive=True)]
+    children = sorted(ray_pids)
     if not children:
         return
     _REAPER["proc"] = subprocess.Popen(

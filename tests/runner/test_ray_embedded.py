@@ -25,6 +25,8 @@ import json, os, sys, time
 import psutil, ray
 from recaption.runner.ray import RayOptions, ensure_ray
 import recaption.runner.ray as R
+import subprocess
+bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # not Ray's
 ensure_ray(RayOptions(num_cpus=1))
 @ray.remote
 def pid():
@@ -32,7 +34,7 @@ def pid():
 ray.get(pid.remote())
 time.sleep(2)  # the agents open their ports shortly after start
 me = psutil.Process()
-kids = {p.pid: p for p in me.children(recursive=True)}
+kids = {p.pid: p for p in me.children(recursive=True) if p.pid != bystander.pid}
 if R._REAPER["proc"] is not None:
     kids.pop(R._REAPER["proc"].pid, None)
 listening = []
@@ -40,7 +42,7 @@ for c in psutil.net_connections("inet"):
     if c.status == psutil.CONN_LISTEN and (c.pid in kids or c.pid == me.pid):
         name = kids[c.pid].name() if c.pid in kids else "driver"
         listening.append([c.laddr.ip, c.laddr.port, name])
-print(json.dumps({"listening": listening, "pids": sorted(kids)}), flush=True)
+print(json.dumps({"listening": listening, "pids": sorted(kids), "bystander": bystander.pid}), flush=True)
 time.sleep(600)
 """
 
@@ -58,6 +60,7 @@ def test_embedded_ray_listens_on_loopback_only_and_dies_with_a_killed_driver():
         text=True,
     )
     pids: list[int] = []
+    report: dict = {}
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         report = json.loads(line)
@@ -77,10 +80,13 @@ def test_embedded_ray_listens_on_loopback_only_and_dies_with_a_killed_driver():
                 break
             time.sleep(0.5)
         assert not alive, f"embedded Ray processes outlived the killed driver: {alive}"
+        # only Ray's processes: another child of the driver (a server a test started) is left alone
+        assert psutil.pid_exists(report["bystander"])
+        assert psutil.Process(report["bystander"]).status() != psutil.STATUS_ZOMBIE
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for p in pids:  # never leave Ray behind, even when the test failed
+        for p in [*pids, *([report["bystander"]] if report else [])]:  # never leave them behind
             with contextlib.suppress(psutil.Error):
                 psutil.Process(p).kill()
