@@ -9,6 +9,7 @@
       report/           nouns.{json,md,csv}: PixArt's Table 1, raw against dense captions;
                         index.html: the whole run on one page (`recaption report`)
       features/         T5 + VAE feature shards (features_text/ too when T5 and VAE run apart)
+      _lease.json       while a run writes here: a second run on the folder is refused
       summary.json      what this invocation did per stage (throughput, failures by reason), and
                         "totals": the whole output's, over every run into the folder
 
@@ -265,7 +266,17 @@ class PipelineResult:
 
 def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> PipelineResult:
     """Run (or resume) a pipeline; returns per-stage summaries and writes OUTPUT/summary.json."""
+    from recaption.shards.lease import hold
+
     p = plan(cfg)  # every setting checked (and the source opened) before anything is written
+    # One writer per folder: the run's own and every stage folder, taken before the first write
+    # (an unwritable output is refused here, before any work).
+    folders = [cfg.output, *(ps.output for ps in p.stages.values())]
+    with hold(folders, command="run"):
+        return _run_pipeline(cfg, p, progress)
+
+
+def _run_pipeline(cfg: PipelineConfig, p: Plan, progress: bool | None) -> PipelineResult:
     check_or_record_config(p)
     t0 = time.time()
     names = list(p.stages)

@@ -14,8 +14,16 @@ def run_local(stage: Stage, output: str, *, progress: bool | ProgressGroup | Non
     """Process every unfinished shard of ``stage`` into ``output``, in this process.
 
     ``progress``: rich bars or log lines (``None``: bars in a terminal), or the
-    :class:`ProgressGroup` of a run of several stages.
+    :class:`ProgressGroup` of a run of several stages. Holds the output folder's lease throughout
+    (refused at once if another run holds it).
     """
+    from recaption.shards.lease import hold
+
+    with hold(output, command=stage.name) as leases:
+        return _run_local(stage, output, leases, progress)
+
+
+def _run_local(stage: Stage, output: str, leases: list, progress: bool | ProgressGroup | None) -> RunSummary:
     shards = stage.shards()
     sd = prepare_output(stage, output, shards)
     done = sd.done_indices()
@@ -31,6 +39,8 @@ def run_local(stage: Stage, output: str, *, progress: bool | ProgressGroup | Non
             stage.setup()
             summary.workers = 1
         for shard in pending:
+            for lease in leases:
+                lease.check()
             bar.shard_started(shard.index)
             try:
                 stats = run_shard(stage, shard, output, progress=lambda n, i=shard.index: bar.advance(i, n))

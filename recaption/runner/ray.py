@@ -21,7 +21,7 @@ from typing import Any
 
 from recaption.errors import ConfigError, RecaptionError
 from recaption.readers.base import InputShard
-from recaption.runner.base import RunSummary, log, prepare_output, run_shard
+from recaption.runner.base import RunSummary, log, prepare_output, run_shard, unmark
 from recaption.runner.progress import ProgressGroup, StageProgress
 from recaption.stage import Resources, Stage
 
@@ -141,13 +141,104 @@ def ensure_ray(options: RayOptions) -> bool:
             kwargs["num_cpus"] = options.num_cpus
         # "local": a new Ray inside this process, never a cluster that `ray start` left on this machine.
         _quiet_embedded_token_notice()
-        ray.init(address="local", **kwargs)
+        before = _child_pids()
+        with _loopback_only(kwargs):
+            ray.init(address="local", **kwargs)
+        _reap_with_this_process(_child_pids() - before)
     if callable(sigterm_before):
         # ray.init installs its own SIGTERM handler in the driver (a stack dump, then exit). Put
         # back the one the program had: the CLI's stops a run as Ctrl-C does, actors killed,
         # unfinished shards dropped and finished ones kept for the rerun.
         signal.signal(signal.SIGTERM, sigterm_before)
     return True
+
+
+_REAPER_CODE = """
+import os, sys, signal, psutil
+pids = [int(p) for p in sys.argv[1:]]
+procs = []
+for pid in pids:
+    try:
+        procs.append(psutil.Process(pid))
+    except psutil.Error:
+        pass
+sys.stdin.read()  # returns when the driver's end of the pipe closes: it exited or was killed
+for p in procs:
+    try:
+        if p.is_running():  # same pid and start time: never a process that reused the pid
+            p.kill()
+    except psutil.Error:
+        pass
+"""
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _reap_with_this_process(ray_pids: set[int]) -> None:
+    """The processes an embedded Ray started (``ray_pids``: this process's children that
+    ``ray.init`` added, never others it has) die with this one, even when it is killed (-9).
+
+    Ray's own agents notice a dead driver only after their calls to the (dead) GCS time out, a
+    minute or more later. A small watcher holds a pipe from this process; when the pipe closes it
+    kills those processes (each checked by start time, so never a reused pid).
+    """
+    import subprocess
+    import sys
+
+    children = sorted(ray_pids)
+    if not children:
+        return
+    _REAPER["proc"] = subprocess.Popen(
+        [sys.executable, "-c", _REAPER_CODE, *map(str, children)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the driver's group must not stop it first
+    )
+
+
+_REAPER: dict[str, Any] = {"proc": None}  # the watcher of this process's embedded Ray
+
+
+def _release_reaper() -> None:
+    """After ``ray.shutdown()``: let the watcher kill any straggler now, and exit."""
+    proc = _REAPER.pop("proc", None)
+    _REAPER["proc"] = None
+    if proc is not None:
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def _loopback_only(kwargs: dict[str, Any]) -> Any:
+    """Make an embedded Ray listen on loopback only: its GCS, raylet, workers and agents bind to
+    the node address, and nothing outside this machine has any business with them (their metrics
+    ports answer without authentication).
+
+    ``ray.init`` deliberately replaces a loopback ``_node_ip_address`` with the host's external
+    address (it expects other nodes to join); an embedded Ray has none, so that replacement is
+    skipped while it starts. Where Ray lacks the hook (another version), it starts as before.
+    """
+    try:
+        from ray._private import services
+    except ImportError:  # pragma: no cover - a Ray without the module: nothing to adjust
+        yield
+        return
+    if not hasattr(services, "resolve_ip_for_localhost") or "_node_ip_address" in kwargs:
+        yield
+        return
+    kwargs["_node_ip_address"] = "127.0.0.1"
+    original = services.resolve_ip_for_localhost
+    services.resolve_ip_for_localhost = lambda host: host  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        services.resolve_ip_for_localhost = original  # type: ignore[assignment]
 
 
 @dataclass
@@ -205,8 +296,18 @@ def run_graph_ray(
     """Run several stages at once on Ray; stage B's shard i starts as soon as its upstream shard i is done.
 
     Returns one :class:`RunSummary` per spec. A shard whose upstream shard failed is reported as
-    failed ("upstream shard failed") and not attempted.
+    failed ("upstream shard failed") and not attempted. The driver holds every output folder's
+    lease throughout (refused at once if another run holds one).
     """
+    from recaption.shards.lease import hold
+
+    with hold([s.output for s in specs], command="+".join(s.stage.name for s in specs)) as leases:
+        return _run_graph_ray(specs, options, leases, progress)
+
+
+def _run_graph_ray(
+    specs: list[StageSpec], options: RayOptions, leases: list[Any], progress: bool | ProgressGroup | None
+) -> list[RunSummary]:
     t0 = time.time()
     states: list[_State] = []
     group = progress if isinstance(progress, ProgressGroup) else ProgressGroup(progress)
@@ -214,6 +315,15 @@ def run_graph_ray(
         shards = spec.stage.shards()
         sd = prepare_output(spec.stage, spec.output, shards)
         done = sd.done_indices() & {s.index for s in shards}
+        if spec.after is not None:
+            # A shard redone upstream (its input changed) is redone here too, even where this
+            # stage's recorded input still matches: the upstream file is about to be rewritten.
+            for idx in sorted(set(states[spec.after].pending) & done):
+                log.info(
+                    "[%s] shard %d: its upstream shard is being redone; redoing it too", spec.stage.name, idx
+                )
+                unmark(sd, idx)
+                done.discard(idx)
         summary = RunSummary(
             stage=spec.stage.name, output=spec.output, total_shards=len(shards), skipped=len(done)
         )
@@ -380,6 +490,8 @@ def run_graph_ray(
     try:
         dispatch()
         while waiting:
+            for lease in leases:
+                lease.check()
             ready_refs, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0)
             poll_progress()
             if not ready_refs:
@@ -459,6 +571,7 @@ def run_graph_ray(
                 ray.kill(sink)
         if started:
             ray.shutdown()
+            _release_reaper()
     return [st.summary for st in states]
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 
+from recaption import io
 from recaption.encoder import buckets as B
 from recaption.encoder import schema as S
 from recaption.errors import ConfigError
@@ -335,8 +336,39 @@ def test_rows_over_the_loaders_ratio_are_skipped(tmp_path, tiny_vae_dir) -> None
     assert summary.rows == 1
     assert summary.skipped[0][0] == "img000"
     assert "ratio 4.400 > 4" in summary.skipped[0][1]
-    # every file written under a temporary name and renamed: none is left behind
-    assert not [p for p in (tmp_path / "alpha").rglob("*") if ".tmp-" in p.name]
+
+
+def test_an_export_killed_mid_write_leaves_no_truncated_array(tmp_path, features, monkeypatch) -> None:
+    """A write that dies halfway (the third array file) leaves every array under a final name
+    whole: training never trips on a truncated .npz/.npy. Fails if files are written in place."""
+    from fsspec.implementations.local import LocalFileOpener
+
+    class Killed(BaseException):
+        pass
+
+    real_write = LocalFileOpener.write
+    writes = {"n": 0}
+
+    def dying_write(self, data):  # type: ignore[no-untyped-def]
+        if len(data) > 64 and writes["n"] >= 0:
+            writes["n"] += 1
+            if writes["n"] == 3:
+                real_write(self, bytes(data)[: len(data) // 2])
+                raise Killed
+        return real_write(self, data)
+
+    monkeypatch.setattr(LocalFileOpener, "write", dying_write)
+    monkeypatch.setattr(io, "abort_output", lambda *a: None)  # a killed process cleans nothing up
+    dest = tmp_path / "killed"
+    with pytest.raises(Killed):
+        export_pixart(features.url, str(dest), alt_caption_field="raw")
+    monkeypatch.setattr(LocalFileOpener, "write", real_write)
+    arrays = [p for p in dest.rglob("*") if p.suffix in (".npz", ".npy")]
+    assert arrays  # those finished before the kill
+    for p in arrays:
+        loaded = np.load(p)
+        if p.suffix == ".npz":
+            assert all(loaded[k].size for k in loaded.files)
 
 
 def test_mixed_store_dtypes_are_refused(tmp_path, encoder, features) -> None:
