@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,9 +90,32 @@ def list_folder(root: str) -> tuple[list[str], list[tuple[str, str, str]]]:
             if os.path.islink(full) and not os.path.exists(full):
                 severity = SEVERITY_ERROR if is_image_extension(_ext(n)) else SEVERITY_WARNING
                 skipped.append((full, f"broken symbolic link → {os.readlink(full)!r}; not read", severity))
-            elif not io.is_tmp(full):
+            elif io.is_tmp(full):
+                continue
+            elif (what := _not_regular(full)) is not None:
+                # opening a named pipe blocks until something writes to it: the job would hang
+                severity = SEVERITY_ERROR if is_image_extension(_ext(n)) else SEVERITY_WARNING
+                skipped.append((full, f"{what}, not a regular file; not read", severity))
+            else:
                 files.append(full)
     return sorted(files), sorted(skipped)
+
+
+def _not_regular(path: str) -> str | None:
+    """What a file that is no regular file is (through links), or ``None`` for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # gone or unreadable: reading it reports why
+    if stat.S_ISREG(mode):
+        return None
+    kinds = (
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+    )
+    kinds += ((stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    return next((w for test, w in kinds if test(mode)), "a special file")
 
 
 @dataclass(frozen=True)

@@ -162,3 +162,19 @@ def test_webdataset_member_pillow_cannot_decode_says_so(tmp_path: Path):
     _, failures = _split(list(open_source(str(tmp_path / "wds")).iter_samples()))
     (f,) = [f for f in failures if f.severity == "error"]
     assert "unsupported image format .heic" in f.reason and f.key == "a"
+
+
+def test_a_named_pipe_in_a_folder_is_listed_not_opened(tmp_path: Path):
+    # opening a FIFO blocks until a writer comes: inspect hung forever (and ignored SIGTERM)
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "a.jpg").write_bytes(image_bytes(seed=1))
+    os.mkfifo(d / "pipe.jpg")
+    os.mkfifo(d / "notes")
+    os.symlink(d / "pipe.jpg", d / "to_pipe.jpg")
+    samples, failures = _split(list(open_source(str(d)).iter_samples()))
+    assert [s.key for s in samples] == ["a"]
+    reasons = {Path(f.uri).name: (f.severity, f.reason) for f in failures}
+    assert set(reasons) == {"pipe.jpg", "notes", "to_pipe.jpg"}
+    assert reasons["pipe.jpg"] == ("error", "a named pipe, not a regular file; not read")
+    assert reasons["notes"][0] == "warning"
