@@ -44,6 +44,7 @@ class BadRow:
     reason: str
 
 
+_BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark
 TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".csv", ".tsv")
 
 
@@ -76,18 +77,20 @@ def _json_layout(uri: str) -> str:
             first = f.readline(1 << 20)
     except OSError:
         return "jsonl"  # reported when it is read
-    head = first.lstrip()
+    head = first.removeprefix(_BOM).lstrip()
     if head.startswith(b"["):
         return "json"
     if head.startswith(b"{"):
         try:
-            json.loads(first)
+            json.loads(head)
         except ValueError:
             return "json"  # an object over several lines: a document
     return "jsonl"
 
 
 def _text(raw: bytes, line: int) -> str:
+    if line == 1 and raw.startswith(_BOM):
+        raw = raw[len(_BOM) :]  # Windows tools (Excel, Notepad) start UTF-8 files with a byte-order mark
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -113,7 +116,7 @@ def _document(uri: str) -> list[Any]:
     """The records of a JSON document (read whole: manifests are small)."""
     try:
         with io.open_file(uri, "rb") as f:
-            value = json.loads(f.read().decode("utf-8"))
+            value = json.loads(f.read().decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise TableUnreadable(f"not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
@@ -135,7 +138,8 @@ def _csv_lines(uri: str) -> Iterator[tuple[int, list[str] | str]]:
     """(line number, fields or why the record did not parse) per CSV record; the header first."""
     delimiter = "\t" if uri.lower().endswith(".tsv") else ","
     with io.open_file(uri, "rb") as f:
-        text = _pyio.TextIOWrapper(f, encoding="utf-8", errors="strict", newline="")
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is no part of the first column's name
+        text = _pyio.TextIOWrapper(f, encoding="utf-8-sig", errors="strict", newline="")
         reader = csv.reader(text, delimiter=delimiter)
         while True:
             try:
