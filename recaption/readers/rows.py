@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io as _pyio
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ class BadRow:
     reason: str
 
 
+_ESCAPED = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8, escaped by surrogateescape
 _BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark
 TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".csv", ".tsv")
 
@@ -135,23 +137,27 @@ def _document(uri: str) -> list[Any]:
 
 
 def _csv_lines(uri: str) -> Iterator[tuple[int, list[str] | str]]:
-    """(line number, fields or why the record did not parse) per CSV record; the header first."""
+    """(line number, fields or why the record did not parse) per CSV record; the header first.
+
+    Bytes that are not UTF-8 cost only their record: they are decoded as escapes (surrogateescape)
+    and the record that holds one is reported, so the records after it are still read."""
     delimiter = "\t" if uri.lower().endswith(".tsv") else ","
     with io.open_file(uri, "rb") as f:
         # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is no part of the first column's name
-        text = _pyio.TextIOWrapper(f, encoding="utf-8-sig", errors="strict", newline="")
+        text = _pyio.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
         reader = csv.reader(text, delimiter=delimiter)
         while True:
             try:
                 fields = next(reader)
             except StopIteration:
                 return
-            except UnicodeDecodeError as e:
-                raise TableUnreadable(
-                    f"not UTF-8 text near line {reader.line_num + 1} (byte {e.start})"
-                ) from None
             except csv.Error as e:
                 yield reader.line_num, f"line {reader.line_num}: {e}"
+                continue
+            bad = next((m for m in map(_ESCAPED.search, fields) if m), None)
+            if bad is not None:
+                byte = bytes([ord(bad.group()) - 0xDC00])
+                yield reader.line_num, f"line {reader.line_num} is not valid UTF-8 (byte {byte!r})"
                 continue
             yield reader.line_num, fields
 

@@ -133,3 +133,15 @@ def test_resuming_an_output_made_with_the_old_whole_file_layout_is_refused(tmp_p
     monkeypatch.setattr(TableSource, "shards", new_layout)
     with pytest.raises(OutputConflictError, match=r"refusing to mix outputs.*plan_digest"):
         run_stage(IndexStage(source=open_source(str(p))), out)
+
+
+def test_a_csv_row_with_bytes_that_are_not_utf8_costs_only_that_row(tmp_path: Path):
+    # one stray Latin-1 byte on line 3 made the whole file "not UTF-8 text near line 1": inspect
+    # refused it and a run lost every row after it
+    p = tmp_path / "caps.csv"
+    p.write_bytes(b"caption\ngood1\ncaf\xe9 latin-1\ngood2\ngood3\n")
+    samples, failures = _read(p)
+    assert [s.caption for s in samples] == ["good1", "good2", "good3"]
+    (f,) = failures
+    assert f.reason == "caps.csv, line 3 is not valid UTF-8 (byte b'\\xe9')"
+    assert f.key == "caps/000000001" and f.member == "line:3"
