@@ -54,6 +54,8 @@ def _rel(root: str, url: str) -> str:
 def _stem(path: str) -> str:
     head, base = posixpath.split(path)
     stem = base.rsplit(".", 1)[0] if "." in base else base
+    # a name that is all extension (".jpg", ".DS_Store") keeps its whole name: never an empty key
+    stem = stem or base
     return posixpath.join(head, stem) if head else stem
 
 

@@ -178,3 +178,16 @@ def test_a_named_pipe_in_a_folder_is_listed_not_opened(tmp_path: Path):
     assert set(reasons) == {"pipe.jpg", "notes", "to_pipe.jpg"}
     assert reasons["pipe.jpg"] == ("error", "a named pipe, not a regular file; not read")
     assert reasons["notes"][0] == "warning"
+
+
+def test_a_file_named_only_by_its_extension_keeps_a_key(tmp_path: Path):
+    # ".jpg" and "sub/.png" were samples keyed "" and "sub/", and .DS_Store's failure row had key ""
+    d = tmp_path / "photos"
+    (d / "sub").mkdir(parents=True)
+    for name in (".jpg", "sub/.png", "ok.jpg"):
+        (d / name).write_bytes(image_bytes(seed=1))
+    (d / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    samples, failures = _split(list(open_source(str(d)).iter_samples()))
+    assert sorted(s.key for s in samples) == [".jpg", "ok", "sub/.png"]
+    (f,) = failures
+    assert f.key == ".DS_Store" and f.severity == "warning"
