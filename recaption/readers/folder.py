@@ -319,12 +319,42 @@ class FolderSource(Source):
                                 )
                             )
                             continue
-                        file, text = item[1][m.file_column], item[1][m.text_column]
+                        i, row = item
+                        file, text = row[m.file_column], row[m.text_column]
+                        at = (
+                            f"line {i + 1}"
+                            if m.uri.lower().endswith((".jsonl", ".ndjson"))
+                            else f"record {i + 1}"
+                        )
                         if not isinstance(file, str) or not file:
+                            problems.append(
+                                Failure(
+                                    key="",
+                                    stage=STAGE,
+                                    uri=m.uri,
+                                    severity=SEVERITY_WARNING,
+                                    member=f"row:{i}",
+                                    reason=f"{name}, {at}: {m.file_column} is {file!r}, not a file name; "
+                                    "its caption was not used",
+                                )
+                            )
                             continue
+                        if text is None:
+                            continue  # no caption for this file: as if it were not listed
                         rel = posixpath.normpath(posixpath.join(folder, file))
                         if rel in captions:
-                            continue  # the first caption of a file wins, as for keys
+                            # the first caption of a file wins, as for keys; the others are named
+                            problems.append(
+                                Failure(
+                                    key=_stem(rel),
+                                    stage=STAGE,
+                                    uri=m.uri,
+                                    severity=SEVERITY_WARNING,
+                                    member=f"row:{i}",
+                                    reason=f"{name}, {at}: a second caption for {file!r}; the first was kept",
+                                )
+                            )
+                            continue
                         if rel not in images:
                             problems.append(
                                 Failure(
@@ -337,7 +367,7 @@ class FolderSource(Source):
                                 )
                             )
                             continue
-                        captions[rel] = "" if text is None else str(text).strip()
+                        captions[rel] = str(text).strip()
                 except TableUnreadable as e:
                     problems.append(
                         Failure(key="", stage=STAGE, uri=m.uri, reason=f"{name} cannot be read: {e.reason}")

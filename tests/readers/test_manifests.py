@@ -127,3 +127,25 @@ def test_manifests_and_tables_written_with_a_byte_order_mark(tmp_path: Path):
         (tmp_path / name).write_bytes(bom + body)
         items = list(open_source(str(tmp_path / name)).iter_samples())
         assert [s.caption for s in items if isinstance(s, Sample)] == ["c1", "c2"], items
+
+
+def test_manifest_rows_that_are_not_used_say_why(tmp_path: Path):
+    # a row whose file_name is no string and a second caption for a file were dropped without a
+    # word, and a null caption became "" (hiding the .json sidecar's caption)
+    d = _folder(tmp_path, ["a.jpg", "c.jpg"])
+    (d / "c.json").write_text(json.dumps({"caption": "from the sidecar"}))
+    rows = [
+        {"file_name": "a.jpg", "text": "cap a"},
+        {"file_name": 7, "text": "numeric name"},
+        {"file_name": "c.jpg", "text": None},
+        {"file_name": "a.jpg", "text": "dup a"},
+    ]
+    (d / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    captions, failures = _read(d)
+    assert captions == {"a": "cap a", "c": "from the sidecar"}
+    reasons = sorted(f.reason for f in failures)
+    assert reasons == [
+        "metadata.jsonl, line 2: file_name is 7, not a file name; its caption was not used",
+        "metadata.jsonl, line 4: a second caption for 'a.jpg'; the first was kept",
+    ]
+    assert all(f.severity == "warning" for f in failures)
