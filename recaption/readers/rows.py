@@ -90,9 +90,14 @@ def _json_layout(uri: str) -> str:
     return "jsonl"
 
 
+def _lines(f: Any) -> Iterator[bytes]:
+    """The lines of a binary file, the first without a byte-order mark (Windows tools such as
+    Notepad start UTF-8 files with one)."""
+    for n, raw in enumerate(f):
+        yield raw.removeprefix(_BOM) if n == 0 else raw
+
+
 def _text(raw: bytes, line: int) -> str:
-    if line == 1 and raw.startswith(_BOM):
-        raw = raw[len(_BOM) :]  # Windows tools (Excel, Notepad) start UTF-8 files with a byte-order mark
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -183,7 +188,7 @@ def read_schema(uri: str) -> tuple[list[str], dict[str, Any]]:
     elif fmt == "jsonl":
         first_problem, good, bad = "", 0, 0
         with io.open_file(uri, "rb") as f:
-            for n, raw in enumerate(f, 1):
+            for n, raw in enumerate(_lines(f), 1):
                 if n > SCHEMA_LINES:
                     break
                 if not raw.strip():
@@ -246,7 +251,7 @@ def iter_rows(
         return
     if fmt == "jsonl":
         with io.open_file(uri, "rb") as f:
-            for i, raw in enumerate(f):
+            for i, raw in enumerate(_lines(f)):
                 if stop is not None and i >= stop:
                     return
                 if i < start or not raw.strip():

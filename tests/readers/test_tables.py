@@ -145,3 +145,16 @@ def test_a_csv_row_with_bytes_that_are_not_utf8_costs_only_that_row(tmp_path: Pa
     (f,) = failures
     assert f.reason == "caps.csv, line 3 is not valid UTF-8 (byte b'\\xe9')"
     assert f.key == "caps/000000001" and f.member == "line:3"
+
+
+@pytest.mark.parametrize("body", [b"", b"\n\n", b"\xef\xbb\xbf"])
+def test_an_empty_table_among_others_is_a_warning_naming_it(tmp_path: Path, body: bytes):
+    # it was an error "shard lacks column(s) caption; it has " (nothing named)
+    d = tmp_path / "tables"
+    d.mkdir()
+    (d / "a.jsonl").write_text('{"caption": "one"}\n')
+    (d / "b.jsonl").write_bytes(body)
+    samples, failures = _read(d)
+    assert [s.caption for s in samples] == ["one"]
+    (f,) = failures
+    assert f.severity == "warning" and f.reason == "b.jsonl holds no rows (empty file)"
