@@ -92,3 +92,11 @@ def read_tar_shard(
         yield item
     if n == 0:
         yield shard_failure(shard, stage, "shard holds no samples (empty tar)", severity="warning")
+
+
+def skipped_failures(root: str, skipped: tuple[tuple[str, str, str], ...], stage: str) -> Iterator[Failure]:
+    """A failure row per file a source lists but does not read (``(file, reason, severity)``)."""
+    from recaption.readers.folder import _rel, _stem
+
+    for url, reason, severity in skipped:
+        yield Failure(key=_stem(_rel(root, url)), stage=stage, uri=url, reason=reason, severity=severity)

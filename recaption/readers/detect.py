@@ -18,7 +18,7 @@ import tarfile
 from recaption import io
 from recaption.errors import ConfigError, SourceError
 from recaption.images.formats import is_image_extension, unsupported_image_reason
-from recaption.readers.base import Source
+from recaption.readers.base import SEVERITY_WARNING, Source
 from recaption.readers.folder import FolderSource, list_folder
 from recaption.readers.rows import is_table_name
 from recaption.readers.sam import SAM_KEY, SAM_TAR, SamSource, natural_key
@@ -200,18 +200,30 @@ def _pick(
     def want(*ks: str) -> bool:
         return kind == "auto" or kind in ks
 
+    if captions_dir is not None:  # a captions folder inside the source is read as the captions
+        inside = io.normalize(captions_dir).rstrip("/") + "/"
+        files = [f for f in files if not f.startswith(inside)]
     if tars and want("sam", "webdataset"):
+        # img2dataset's metadata beside each tar (00000.parquet, 00000_stats.json) is expected
+        stems = {t[: -len(s)] for t in tars for s in _TAR_SUFFIXES if t.endswith(s)}
+        beside = {f for f in files if f.endswith(".parquet") and f[: -len(".parquet")] in stems}
+        beside |= {f for f in files if f.endswith("_stats.json") and f[: -len("_stats.json")] in stems}
+        skipped = _not_read(files, set(tars) | beside, links, "a tar shard")
         if kind == "sam" or (kind == "auto" and _looks_sam_tars(tars)):
-            return SamSource(root=root, tars=tuple(tars), captions_dir=captions_dir)
-        return WebDatasetSource(root=root, tars=tuple(tars))
+            return SamSource(root=root, tars=tuple(tars), captions_dir=captions_dir, skipped=skipped)
+        return WebDatasetSource(root=root, tars=tuple(tars), skipped=skipped)
     if images and want("sam", "folder"):
         stems = [split_key(io.basename(f))[0] for f in images]
         if kind == "sam" or (kind == "auto" and all(SAM_KEY.match(s) for s in stems)):
+            annotations = {f[: f.rfind(".")] + ".json" for f in images}
             return SamSource(
                 root=root,
                 images=tuple(sorted(images, key=natural_key)),
                 shard_size=size,
                 captions_dir=captions_dir,
+                skipped=_not_read(
+                    files, set(images) | annotations, links, "an SA-1B image or annotation file"
+                ),
             )
         return FolderSource.scan(root, files, size, text_column=text_column, skipped=links)
     if tables and want("parquet", "table"):
@@ -223,3 +235,12 @@ def _pick(
     if kind != "auto":
         raise SourceError(path, f"holds nothing of kind {kind!r}", LAYOUTS)
     raise SourceError(path, "holds nothing recognisable" if files else "is empty", LAYOUTS)
+
+
+def _not_read(
+    files: list[str], used: set[str], links: list[tuple[str, str, str]], what: str
+) -> tuple[tuple[str, str, str], ...]:
+    """``(file, reason, severity)`` for every file a tar or SA-1B source does not read, and the
+    links and special files the listing set aside: every file of the source is accounted for."""
+    out = [(f, f"not {what} of this source; not read", SEVERITY_WARNING) for f in files if f not in used]
+    return tuple(sorted(out + list(links)))

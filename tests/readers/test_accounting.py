@@ -191,3 +191,31 @@ def test_a_file_named_only_by_its_extension_keeps_a_key(tmp_path: Path):
     assert sorted(s.key for s in samples) == [".jpg", "ok", "sub/.png"]
     (f,) = failures
     assert f.key == ".DS_Store" and f.severity == "warning"
+
+
+def test_other_files_beside_tar_shards_and_sa1b_files_are_listed(tmp_path: Path):
+    # a stray image, a README, .DS_Store, a broken link or a FIFO beside the tars (or in an extracted
+    # SA-1B folder) vanished without a word: only the tars (the sa_<id> files) were looked at
+    wds = tmp_path / "wds"
+    write_tar(wds / "00000.tar", wds_sample("000000000", "a cat", seed=0))
+    (wds / "00000.parquet").write_bytes(b"img2dataset metadata")  # expected beside the tar
+    (wds / "00000_stats.json").write_text("{}")
+    (wds / "stray.jpg").write_bytes(image_bytes(seed=1))
+    (wds / "README").write_text("hi")
+    os.symlink(tmp_path / "gone.tar", wds / "00001.tar")
+    sam = tmp_path / "sam"
+    sam.mkdir()
+    (sam / "sa_1.jpg").write_bytes(image_bytes(seed=2))
+    (sam / "sa_1.json").write_bytes(sam_json(1, 64, 48))
+    (sam / ".DS_Store").write_bytes(b"\0")
+    os.mkfifo(sam / "sa_2.jpg")
+    for d, kind, samples_want, listed in (
+        (wds, "webdataset", ["000000000"], {"stray.jpg", "README", "00001.tar"}),
+        (sam, "sam", ["sa_1"], {".DS_Store", "sa_2.jpg"}),
+    ):
+        source = open_source(str(d))
+        assert source.kind == kind
+        samples, failures = _split(list(source.iter_samples()))
+        assert [s.key for s in samples] == samples_want
+        assert {Path(f.uri).name for f in failures} == listed, failures
+        assert all(f.key and "not read" in f.reason for f in failures)
