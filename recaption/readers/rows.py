@@ -76,7 +76,7 @@ def table_format(uri: str) -> str:
 def _json_layout(uri: str) -> str:
     try:
         with io.open_file(uri, "rb") as f:
-            first = f.readline(1 << 20)
+            first = f.readline()  # whole: a cut line would not parse and pass for a document
     except OSError:
         return "jsonl"  # reported when it is read
     head = first.removeprefix(_BOM).lstrip()

@@ -158,3 +158,12 @@ def test_an_empty_table_among_others_is_a_warning_naming_it(tmp_path: Path, body
     assert [s.caption for s in samples] == ["one"]
     (f,) = failures
     assert f.severity == "warning" and f.reason == "b.jsonl holds no rows (empty file)"
+
+
+def test_json_lines_named_json_with_a_first_line_over_a_megabyte(tmp_path: Path):
+    # the layout was judged on the first 1 MiB of line 1: cut, it did not parse, so the file was
+    # taken for one JSON document and refused whole ("Extra data at line 2")
+    p = tmp_path / "caps.json"
+    p.write_text(json.dumps({"caption": "y" * (1 << 20)}) + "\n" + json.dumps({"caption": "short"}) + "\n")
+    samples, failures = _read(p)
+    assert [len(s.caption or "") for s in samples] == [1 << 20, 5] and failures == []
