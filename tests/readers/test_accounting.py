@@ -155,6 +155,7 @@ def test_webdataset_link_members(tmp_path: Path):
     assert samples[1].image_bytes() == dict(members)["000000000.jpg"]
     (f,) = failures
     assert f.member == "000000002.jpg" and "symbolic link" in f.reason
+    assert f.key == "000000002"  # the failure manifest's row is keyed like a sample (it was "")
 
 
 def test_webdataset_member_pillow_cannot_decode_says_so(tmp_path: Path):
