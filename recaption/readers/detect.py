@@ -20,7 +20,7 @@ from recaption.errors import ConfigError, SourceError
 from recaption.images.formats import is_image_extension, unsupported_image_reason
 from recaption.readers.base import SEVERITY_WARNING, Source
 from recaption.readers.folder import FolderSource, list_folder
-from recaption.readers.rows import is_table_name
+from recaption.readers.rows import TableUnreadable, is_table_name, read_schema
 from recaption.readers.sam import SAM_KEY, SAM_TAR, SamSource, natural_key
 from recaption.readers.table import (
     IMAGE_CANDIDATES,
@@ -73,6 +73,13 @@ def _looks_sam_tars(tars: list[str]) -> bool:
     return bool(SAM_KEY.match(split_key(first.removeprefix("./"))[0].rsplit("/", 1)[-1])) if first else False
 
 
+def _has_columns(uri: str) -> bool:
+    try:
+        return bool(read_schema(uri)[0])
+    except (TableUnreadable, OSError, ValueError):
+        return False
+
+
 def _table_source(
     root: str,
     files: list[str],
@@ -82,22 +89,25 @@ def _table_source(
     key_column: str | None,
     shard_size: int | None,
 ) -> TableSource:
-    names, types = read_schema_names(files[0])
+    # the columns are the first readable, non-empty file's: an empty or broken file sorted first is
+    # that file's failure row when read, not a reason to refuse the whole folder
+    probe = next((f for f in files if _has_columns(f)), files[0])
+    names, types = read_schema_names(probe)
     img_col = image_column
     if img_col is None and kind != "table":
         img_col = next((c for c in IMAGE_CANDIDATES if c in names and is_image_type(types[c])), None)
     if image_column and image_column not in names:
-        pick_column(names, image_column, IMAGE_CANDIDATES, "image", files[0], True)
-    if image_column and not files[0].lower().endswith((".parquet", ".pq")):
+        pick_column(names, image_column, IMAGE_CANDIDATES, "image", probe, True)
+    if image_column and not probe.lower().endswith((".parquet", ".pq")):
         raise ConfigError(
             "--image-column",
             image_column,
             "parquet tables only",
-            hint=f"{files[0]} holds text, not image bytes",
+            hint=f"{probe} holds text, not image bytes",
         )
     if kind == "parquet" and img_col is None:
         raise SourceError(
-            files[0],
+            probe,
             "no column of image bytes",
             [
                 f"a binary column named one of "
@@ -105,10 +115,10 @@ def _table_source(
                 f"pipeline file); columns: {', '.join(names)}"
             ],
         )
-    text = pick_column(names, text_column, TEXT_CANDIDATES, "caption", files[0], required=img_col is None)
+    text = pick_column(names, text_column, TEXT_CANDIDATES, "caption", probe, required=img_col is None)
     key = key_column or ("key" if "key" in names else None)
     if key_column and key_column not in names:
-        pick_column(names, key_column, ("key",), "key", files[0], True)
+        pick_column(names, key_column, ("key",), "key", probe, True)
     resolved = "parquet" if img_col else "table"
     return TableSource(
         root=root,

@@ -167,3 +167,19 @@ def test_json_lines_named_json_with_a_first_line_over_a_megabyte(tmp_path: Path)
     p.write_text(json.dumps({"caption": "y" * (1 << 20)}) + "\n" + json.dumps({"caption": "short"}) + "\n")
     samples, failures = _read(p)
     assert [len(s.caption or "") for s in samples] == [1 << 20, 5] and failures == []
+
+
+def test_a_folder_of_tables_whose_first_file_is_empty_or_broken_is_read(tmp_path: Path):
+    # the columns were read from the first file alone: an empty 00.jsonl refused the whole folder
+    # ("no caption column ... available: (none)")
+    d = tmp_path / "tables"
+    d.mkdir()
+    (d / "00.jsonl").write_bytes(b"")
+    (d / "01.jsonl").write_text("junk\n")
+    (d / "02.jsonl").write_text('{"caption": "ok"}\n')
+    samples, failures = _read(d)
+    assert [s.caption for s in samples] == ["ok"]
+    assert sorted((Path(f.uri).name, f.severity) for f in failures) == [
+        ("00.jsonl", "warning"),
+        ("01.jsonl", "error"),
+    ]
