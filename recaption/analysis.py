@@ -9,6 +9,8 @@ and shows the results), so every figure of the notebook is tested code:
   per-shard statistics (``nouns/_counts``), the same numbers ``report/nouns.json`` shows;
 - :func:`caption_lengths`, :func:`nouns_per_caption`, :func:`rank_frequency` and
   :func:`nouns_gained_lost` are tidy DataFrames for plots and tables;
+- :func:`caption_quality`, :func:`t5_truncation` and :func:`failure_reasons` say how the captions
+  came out: finish reasons, repetition, prompt fallbacks, T5 truncation, failures by reason;
 - :func:`gallery` reopens a few images from their references for a side-by-side look;
 - ``plot_*`` draw on a matplotlib ``Axes`` the caller made. matplotlib is a notebook extra, so
   nothing here imports it at module level (the plotting functions only call methods of the Axes).
@@ -422,6 +424,122 @@ def nouns_gained_lost(
     return out
 
 
+# -- caption quality -------------------------------------------------------------------------------
+
+#: The finish reasons a caption row can have, in the order reports show them.
+FINISH_REASONS = ("stop", "length", "error")
+
+
+def caption_quality(run: Run) -> dict[str, Any]:
+    """How the loaded caption rows came out: ``captions`` (rows), ``finish_reasons`` (``stop``: the
+    model ended the caption; ``length``: it hit ``max_new_tokens``, kept and flagged; ``error``: no
+    caption), ``repetition`` (degenerate loops flagged), ``prompt_fallback`` (an empty raw caption
+    made the raw-caption prompt fall back to the plain one), ``max_new_tokens`` (from the run's
+    settings, ``None`` if unknown) and ``tokens`` (mean and maximum generated tokens)."""
+    c = run.captions
+    finish = c["finish_reason"].where(c["finish_reason"].notna(), "error") if "finish_reason" in c else None
+    if finish is not None and "error" in c:
+        finish = finish.where(c["error"].isna(), "error")
+    counts = Counter(finish.astype(str)) if finish is not None else Counter()
+    reasons = {r: int(counts.pop(r, 0)) for r in FINISH_REASONS}
+    reasons.update({str(k): int(v) for k, v in sorted(counts.items())})  # any other reason, kept visible
+    ok_tokens = c.loc[c["error"].isna(), "num_tokens"] if {"error", "num_tokens"} <= set(c) else pd.Series([])
+
+    def flag(col: str) -> int:
+        return int(c[col].fillna(False).astype(bool).sum()) if col in c else 0
+
+    return {
+        "captions": len(c),
+        "finish_reasons": reasons,
+        "repetition": flag("repetition"),
+        "prompt_fallback": flag("prompt_fallback"),
+        "max_new_tokens": (run.config.get("caption") or {}).get("max_new_tokens"),
+        "tokens": {
+            "mean": round(float(ok_tokens.mean()), 1) if len(ok_tokens) else 0.0,
+            "max": int(ok_tokens.max()) if len(ok_tokens) else 0,
+        },
+    }
+
+
+def _stage_folders(run: Run) -> dict[str, str]:
+    """The run's stage folders that exist, by the name reports use."""
+    names = {"caption": "captions", "nouns": "nouns", "encode_text": "features_text", "encode": "features"}
+    out = {}
+    for name, sub in names.items():
+        url = io.join(run.url, sub)
+        if io.exists(io.join(url, "_stage.json")):
+            out[name] = url
+    return out
+
+
+def t5_truncation(run: Run) -> pd.DataFrame:
+    """Per encoded caption field (``dense``, ``raw``): ``captions`` encoded, how many were
+    ``truncated`` at the T5 length limit and how many were ``empty``; summed over every finished
+    encode shard's counters (the whole run). Empty when the run encoded no text."""
+    from recaption.shards.layout import StageDir
+
+    folders = _stage_folders(run)
+    url = folders.get("encode_text") or folders.get("encode")
+    cols = ["field", "captions", "truncated", "empty"]
+    if url is None:
+        return pd.DataFrame(columns=cols)
+    record = _read_json(io.join(url, "_stage.json"))
+    fields = record.get("fingerprint", {}).get("fields") or []
+    totals: Counter[str] = Counter()
+    for stats in StageDir(url).read_stats():
+        totals.update({k: int(v) for k, v in (stats.get("counters") or {}).items()})
+    rows = [
+        {
+            "field": f,
+            "captions": totals["encoded"],
+            "truncated": totals[f"truncated_{f}"],
+            "empty": totals[f"empty_{f}"],
+        }
+        for f in fields
+    ]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def failure_reasons(run: Run) -> pd.DataFrame:
+    """Every failure-manifest row of every stage of the run, grouped: ``stage, severity, reason,
+    count, example`` (``reason`` is the grouping label of ``recaption status``, ``example`` one
+    full reason and ``key`` of that group), most frequent first."""
+    from recaption.shards.manifest import read_failures, reason_category
+
+    cols = ["stage", "severity", "reason", "count", "example", "key"]
+    frames = []
+    for name, url in _stage_folders(run).items():
+        f = read_failures(url)
+        if len(f):
+            frames.append(f.assign(stage=name))
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    f = pd.concat(frames, ignore_index=True)
+    f["category"] = f["reason"].astype(str).map(reason_category)
+    groups = f.groupby(["stage", "severity", "category"], sort=False)
+    out = groups.agg(
+        count=("reason", "size"), example=("reason", "first"), key=("key", "first")
+    ).reset_index()
+    out = out.rename(columns={"category": "reason"}).sort_values(
+        ["count", "stage", "reason"], ascending=[False, True, True], kind="stable"
+    )
+    return out[cols].reset_index(drop=True)
+
+
+def histogram(values: Any) -> tuple[list[float], str]:
+    """Bin edges for a histogram of ``values`` (counts, lengths): one bin per integer while that
+    is at most 60 bins, so small counts are not smeared across bins; else 40 equal bins.
+    Returns ``(edges, kind)`` with ``kind`` ``"integer"`` or ``"range"``."""
+    vals = [float(v) for v in values]
+    lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+    if float(lo).is_integer() and float(hi).is_integer() and hi - lo < 60:
+        return [x - 0.5 for x in range(int(lo), int(hi) + 2)], "integer"
+    if hi <= lo:
+        hi = lo + 1
+    step = (hi - lo) / 40
+    return [lo + i * step for i in range(41)], "range"
+
+
 # -- gallery ---------------------------------------------------------------------------------------
 
 
@@ -533,12 +651,7 @@ def plot_histograms(
     Integer figures get one bin per value while that is at most 60 bins, so small counts are not
     smeared across bins.
     """
-    values = data[column]
-    lo, hi = (int(values.min()), int(values.max())) if len(values) else (0, 1)
-    if hi - lo < 60:
-        bins: Any = [x - 0.5 for x in range(lo, hi + 2)]
-    else:
-        bins = 40
+    bins, _ = histogram(data[column])
     for name, group in data.groupby(by, sort=False):
         ax.hist(group[column], bins=bins, alpha=0.5, label=f"{name} (mean {group[column].mean():.1f})")
     from matplotlib.ticker import MaxNLocator

@@ -108,6 +108,7 @@ class IndexStage(Stage):
                 )
             rows.append(row)
             if len(rows) >= self.batch_rows:
+                out.progress(len(rows))
                 out.write(rows)
                 rows = []
         out.write(rows)

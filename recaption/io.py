@@ -1,8 +1,16 @@
 """The one place paths are opened: every read and write goes through fsspec.
 
 ``./out``, ``file:///data``, ``memory://x`` and ``s3://bucket/x`` (with s3fs installed) all work
-the same way. Outputs are written under a temporary name in the destination folder and renamed
-when complete, so a reader never sees half a file.
+the same way. A reader never sees half a file:
+
+- on a filesystem with an atomic rename (local disk, ``memory://``) outputs are written under a
+  hidden temporary name in the destination folder and renamed when complete;
+- on an object store (S3, GCS...) a rename is a copy plus a delete, so outputs are written straight
+  to their final name: an object appears only when its one PUT (or its completed multipart upload)
+  succeeds, and a failed write is discarded (the multipart upload aborted), never completed.
+
+Listings and existence checks on an object store bypass fsspec's listings cache: another process
+(a Ray worker) may have written since this one last looked.
 """
 
 from __future__ import annotations
@@ -60,24 +68,80 @@ def basename(url: str) -> str:
     return posixpath.basename(url.rstrip("/"))
 
 
-def exists(url: str) -> bool:
+def _proto(fs: Any) -> str:
+    return str(fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol)
+
+
+def renames_atomically(fs: Any) -> bool:
+    """True where a rename is atomic and cheap (local disk, memory); False on object stores."""
+    return _proto(fs) in ("file", "local", "memory")
+
+
+def is_object_store(url: str) -> bool:
+    """True for URLs whose filesystem has no atomic rename (``s3://``, ``gs://``...)."""
+    fs, _ = fs_path(url)
+    return not renames_atomically(fs)
+
+
+def _fresh(url: str) -> tuple[Any, str]:
+    """``(filesystem, path)`` with any cached listing of ``path`` dropped: another process (a Ray
+    worker, a second run) may have written there since this one listed it."""
     fs, path = fs_path(url)
+    if not renames_atomically(fs):
+        fs.invalidate_cache(path)
+    return fs, path
+
+
+def exists(url: str) -> bool:
+    fs, path = _fresh(url)
     return bool(fs.exists(path))
 
 
 def isdir(url: str) -> bool:
-    fs, path = fs_path(url)
+    fs, path = _fresh(url)
     return bool(fs.isdir(path))
 
 
+class BucketMissingError(OSError):
+    """An object-store bucket that does not exist (never created unless asked)."""
+
+
+CREATE_BUCKET_ENV = "RECAPTION_CREATE_BUCKET"
+_BUCKETS_SEEN: set[tuple[int, str]] = set()  # (filesystem, bucket) known to exist
+
+
 def makedirs(url: str) -> None:
+    """Create a folder. On an object store there are no folders: only the bucket must exist, and a
+    missing one is refused (a mistyped name would otherwise become a new bucket) unless
+    ``RECAPTION_CREATE_BUCKET=1`` asks for it."""
     fs, path = fs_path(url)
-    fs.makedirs(path, exist_ok=True)
+    if renames_atomically(fs):
+        fs.makedirs(path, exist_ok=True)
+        return
+    bucket = path.split("/", 1)[0]
+    if (id(fs), bucket) in _BUCKETS_SEEN:
+        return
+    fs.invalidate_cache(bucket)
+    if fs.exists(bucket):
+        _BUCKETS_SEEN.add((id(fs), bucket))
+        return
+    if os.environ.get(CREATE_BUCKET_ENV, "") not in ("1", "true", "yes"):
+        raise BucketMissingError(
+            f"{to_url(fs, bucket)}: no such bucket; check the name, or set {CREATE_BUCKET_ENV}=1 "
+            "to have recaption create it"
+        )
+    fs.makedirs(bucket, exist_ok=True)
 
 
 def size(url: str) -> int:
     fs, path = fs_path(url)
     return int(fs.size(path))
+
+
+def info(url: str) -> dict[str, Any]:
+    """The filesystem's record of one file (size, modification time or ETag...), read afresh."""
+    fs, path = _fresh(url)
+    return dict(fs.info(path))
 
 
 def modified(url: str) -> float:
@@ -92,7 +156,7 @@ def modified(url: str) -> float:
 
 def listdir(url: str) -> list[str]:
     """Sorted URLs of the entries directly under ``url`` (empty if it does not exist)."""
-    fs, path = fs_path(url)
+    fs, path = _fresh(url)
     if not fs.exists(path):
         return []
     return sorted(to_url(fs, p) for p in fs.ls(path, detail=False))
@@ -100,12 +164,14 @@ def listdir(url: str) -> list[str]:
 
 def walk_files(url: str) -> list[str]:
     """Sorted URLs of every file below ``url`` (recursive)."""
-    fs, path = fs_path(url)
+    fs, path = _fresh(url)
     return sorted(to_url(fs, p) for p in fs.find(path))
 
 
 def glob(pattern: str) -> list[str]:
     fs, path = fs_path(pattern)
+    if not renames_atomically(fs):
+        fs.invalidate_cache(posixpath.dirname(path.split("*", 1)[0]))
     return sorted(to_url(fs, p) for p in fs.glob(path))
 
 
@@ -142,8 +208,7 @@ def rename(src: str, dst: str) -> None:
     """Move ``src`` onto ``dst``; atomic on local filesystems (``os.replace``)."""
     fs, spath = fs_path(src)
     _, dpath = fs_path(dst)
-    proto = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
-    if proto in ("file", "local"):
+    if _proto(fs) in ("file", "local"):
         os.replace(spath, dpath)
     else:
         fs.mv(spath, dpath)
@@ -153,28 +218,163 @@ def remove(url: str) -> None:
     fs, path = fs_path(url)
     with contextlib.suppress(FileNotFoundError):
         fs.rm(path)
+    if not renames_atomically(fs):
+        fs.invalidate_cache(path)
+
+
+def create_exclusive(url: str, data: bytes) -> bool:
+    """Create ``url`` with ``data`` only if it does not exist; False if it does.
+
+    Atomic: ``O_EXCL`` on local disk, a conditional PUT (``If-None-Match: *``) on S3, so of two
+    processes racing for one name exactly one wins. Other filesystems check, then write.
+    """
+    fs, path = fs_path(url)
+    proto = _proto(fs)
+    if proto in ("file", "local"):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return True
+    if proto in ("s3", "s3a"):
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        fs.invalidate_cache(path)
+        return True
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    return True
+
+
+class _Direct:
+    """A write straight to the final name on an object store, discarded (never completed) on error."""
+
+    def __init__(self, url: str, mode: str) -> None:
+        fs, path = fs_path(url)
+        self.fs, self.path = fs, path
+        self.file = fs.open(path, mode)
+
+    def commit(self) -> None:
+        self.file.close()
+        self.fs.invalidate_cache(self.path)
+
+    def discard(self) -> None:
+        discard(self.file)
+
+
+def discard(f: Any) -> None:
+    """Throw away a file being written without making it visible.
+
+    fsspec's own ``close`` (and a ``with`` block that raised) would *complete* the upload of a half
+    written object; here an object store's multipart upload is aborted instead.
+    """
+    with contextlib.suppress(Exception):
+        f.discard()
+    # Mark it closed so no later close() (a ParquetWriter's finaliser, say) can complete it.
+    with contextlib.suppress(Exception):
+        f.closed = True
+    with contextlib.suppress(Exception):
+        f._closed = True
+
+
+def open_output(url: str, mode: str = "wb") -> tuple[Any, str, Any]:
+    """Open ``url`` for writing so that nothing is visible under its name until committed.
+
+    Returns ``(file, temporary_url_or_None, handle)``: on local disk the file is a hidden temporary
+    sibling (``temporary_url``) that :func:`commit_output` renames; on an object store it is the
+    final object itself, completed by :func:`commit_output` and aborted by :func:`abort_output`.
+    """
+    fs, _ = fs_path(url)
+    if renames_atomically(fs):
+        tmp = tmp_name(url)
+        f = fsspec.open(tmp, mode).open()
+        return f, tmp, None
+    d = _Direct(url, mode)
+    return d.file, None, d
+
+
+def commit_output(url: str, f: Any, tmp: str | None, handle: Any) -> None:
+    """Make a file opened by :func:`open_output` visible under ``url`` (rename or complete)."""
+    if handle is not None:
+        handle.commit()
+        return
+    f.close()
+    assert tmp is not None
+    rename(tmp, url)
+
+
+def abort_output(f: Any, tmp: str | None, handle: Any) -> None:
+    """Drop a file opened by :func:`open_output`; nothing becomes visible."""
+    if handle is not None:
+        handle.discard()
+        return
+    with contextlib.suppress(Exception):
+        f.close()
+    if tmp is not None:
+        remove(tmp)
 
 
 @contextlib.contextmanager
 def atomic_open(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Write to a temporary sibling and rename onto ``url`` only if the block succeeds."""
+    """Write ``url`` so that a reader sees the old file or the whole new one, never part of it.
+
+    Local disk: a temporary sibling renamed onto ``url`` when the block succeeds. Object store: the
+    object itself, uploaded when the block succeeds and discarded (multipart upload aborted) if it
+    raises.
+    """
     parent = posixpath.dirname(url) if "://" in url else os.path.dirname(url)
     if parent:
         makedirs(parent)
-    tmp = tmp_name(url)
+    f, tmp, handle = open_output(url, mode)
     try:
-        with fsspec.open(tmp, mode) as f:
-            yield f
-        rename(tmp, url)
-    except BaseException:
-        remove(tmp)
+        yield f
+        commit_output(url, f, tmp, handle)
+    except BaseException:  # an interrupt (SIGTERM, Ctrl-C) while committing included
+        abort_output(f, tmp, handle)
         raise
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
+    fs, path = fs_path(url)
+    if not renames_atomically(fs):
+        makedirs(url)  # the bucket must exist; objects need no folders
+        fs.pipe_file(path, data)  # one PUT: all or nothing
+        fs.invalidate_cache(path)
+        return
     with atomic_open(url, "wb") as f:
         f.write(data)
 
 
 def write_text_atomic(url: str, text: str) -> None:
     write_bytes_atomic(url, text.encode("utf-8"))
+
+
+def abort_uploads(url: str) -> list[str]:
+    """Abort every incomplete multipart upload below ``url`` (S3 only); returns their keys.
+
+    A killed writer leaves its upload's parts stored (and billed) though no listing shows them.
+    Only call this while holding the folder's lease: a live writer's upload would be aborted too.
+    """
+    fs, path = fs_path(url)
+    if _proto(fs) not in ("s3", "s3a"):
+        return []
+    bucket, _, key = path.partition("/")
+    prefix = key.rstrip("/") + "/" if key else ""
+    aborted: list[str] = []
+    kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    while True:
+        out = fs.call_s3("list_multipart_uploads", **kw)
+        for u in out.get("Uploads", []) or []:
+            fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+            aborted.append(u["Key"])
+        if not out.get("IsTruncated"):
+            return aborted
+        kw["KeyMarker"] = out.get("NextKeyMarker", "")
+        kw["UploadIdMarker"] = out.get("NextUploadIdMarker", "")

@@ -14,6 +14,7 @@ from typing import Any
 from recaption import io
 from recaption.errors import SourceError
 from recaption.shards.layout import PART_RE, StageDir
+from recaption.shards.lease import current_lease
 
 
 def stage_status(url: str) -> dict[str, Any]:
@@ -24,17 +25,23 @@ def stage_status(url: str) -> dict[str, Any]:
     reasons: Counter[str] = Counter()
     for s in stats:
         reasons.update({k: int(v) for k, v in (s.get("error_reasons") or {}).items()})
-    # A shard's temporary files exist while a worker writes it, and after a run that was killed
-    # (until the rerun removes them): how long since each was written tells the two apart.
+    # A shard being written has a progress marker (every filesystem) and, on local disk, temporary
+    # files; both also remain after a run that was killed (until the rerun removes them): how
+    # long since each was written, and whether a live run holds the folder's lease, tell the two apart.
+    done = {int(s.get("shard", -1)) for s in stats}
     idle: dict[int, float] = {}
     now = time.time()
-    for u in io.listdir(url):
-        if io.is_tmp(u) and (m := PART_RE.match(io.basename(u).lstrip("."))):
+    found = [u for u in io.listdir(url) if io.is_tmp(u)] + io.listdir(io.join(url, "_progress"))
+    for u in found:
+        if m := PART_RE.match(io.basename(u).lstrip(".")):
+            i = int(m.group(1))
+            if i in done:
+                continue
             written = io.modified(u)
             age = max(0.0, now - written) if written else 0.0
-            i = int(m.group(1))
             idle[i] = min(idle.get(i, age), age)
     in_progress = sorted(idle)
+    lease = current_lease(url)
     total = int(record.get("shards", 0))
     return {
         "stage": record.get("stage"),
@@ -43,6 +50,8 @@ def stage_status(url: str) -> dict[str, Any]:
         "shards_done": len(stats),
         "shards_in_progress": in_progress,
         "in_progress_idle_seconds": {str(i): round(idle[i], 1) for i in in_progress},
+        "running": bool(lease and lease["live"]),
+        "lease": lease,
         "complete": total > 0 and len(stats) >= total,
         "rows": sum(int(s.get("rows", 0)) for s in stats),
         "errors": sum(int(s.get("errors", 0)) for s in stats),

@@ -162,6 +162,9 @@ class CaptionerConfig:
     local_files_only: bool = False
     prefetch_workers: int = 4
     prefetch_depth: int = 2
+    # Family-specific image options (Qwen's min/max_pixels, Idefics3's longest_edge, ...): see
+    # recaption.captioner.families; names checked here, values when the model's family is known.
+    image_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -217,6 +220,9 @@ class CaptionerConfig:
             raise ConfigError("prefetch_workers", self.prefetch_workers, "an integer >= 1")
         if self.prefetch_depth < 1:
             raise ConfigError("prefetch_depth", self.prefetch_depth, "an integer >= 1")
+        from recaption.captioner.families import check_option_names
+
+        check_option_names(self.image_options)
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -373,6 +379,7 @@ class Captioner:
         self.max_cache_len = 0  # the static cache length, fixed per worker
         self._fault: str | None = None  # set once the accelerator is known broken
         self._loop_stopped: set[int] = set()  # rows of the last generate call ended in a loop
+        self.vision_stats: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Ship configuration, not weights: a worker unpickles and calls load() itself.
@@ -392,7 +399,9 @@ class Captioner:
         """Load processor and model onto the configured device. Fails at once for a wrong model."""
         if self.loaded:
             return self
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        from recaption.captioner.families import apply_image_options, load_processor
 
         cfg = self.config
         source = self._resolve_source()
@@ -412,14 +421,16 @@ class Captioner:
             ) from None
         self._check_vlm(hf_config)
         try:
-            processor = AutoProcessor.from_pretrained(source, **common)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            # The family's loader where it has one (Qwen without torchvision), else AutoProcessor.
+            processor = load_processor(getattr(hf_config, "model_type", ""), source, **common)
+        except (OSError, ValueError, KeyError, TypeError, ImportError) as e:
             raise ConfigError(
                 "model",
                 cfg.model,
                 "a model folder with a processor",
                 hint=f"cannot load its processor: {first_line(e)}",
             ) from None
+        apply_image_options(getattr(hf_config, "model_type", ""), processor, cfg.image_options)
         device = cfg.resolved_device()
         dtype = self._torch_dtype(device, hf_config)
         try:
@@ -587,6 +598,10 @@ class Captioner:
         )
         self.model, self.processor = model, processor
         self.model_id, self.revision = model_id, revision
+        from recaption.captioner.families import share_image_features
+
+        # neighbouring rows with the same image (several prompts per image) share its vision features
+        self.vision_stats = share_image_features(getattr(model.config, "model_type", ""), model)
         self.device = str(next(model.parameters()).device)
         self._min_side = _min_side_needed(image_processor)
         self._resolve_image_aspect(getattr(model.config, "model_type", ""), image_processor)

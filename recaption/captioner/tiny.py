@@ -1,5 +1,7 @@
 """A tiny random-weight LLaVA, built offline and saved like a hub checkpoint.
 
+(The other families' tiny models live in :mod:`recaption.captioner.families`, one module each.)
+
 Tests (and the ``--tiny`` mode of the benchmarks) use it to run the whole real loading path —
 ``AutoProcessor`` / ``AutoModelForImageTextToText.from_pretrained(folder)`` — through batched
 generation, without downloading anything. The parts match what LLaVA-1.5 ships:
@@ -34,53 +36,24 @@ LLAVA_CHAT_TEMPLATE = (
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 
-# A small built-in corpus, so the tokenizer needs no data files. Its words are the ones captions use.
-_CORPUS = [
-    "Describe this image and its style in a very detailed manner.",
-    "Give the caption of this image, describe this image and its style in a very detailed manner.",
-    "The image shows a red car parked on a quiet street next to a tall brick building.",
-    "A close-up photograph of a cat sitting on a wooden table near a window with soft light.",
-    "In the background there are green trees, a blue sky with white clouds and distant mountains.",
-    "The style of the image is realistic, with warm colors, sharp details and a shallow depth of field.",
-    "Two people are walking along a sandy beach at sunset while waves roll onto the shore.",
-    "A painting of a small village with houses, a church tower, a river and a stone bridge.",
-    "The overall mood of the scene is calm and peaceful; the composition is balanced.",
-    "There is text on the sign that reads 'open' in bold black letters on a yellow background.",
-]
-
 
 def build_tiny_tokenizer(vocab_size: int = 512, model_max_length: int = 2048):  # -> PreTrainedTokenizerFast
     """A byte-level BPE tokenizer with LLaVA's special tokens and chat template (deterministic)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from recaption.captioner.families._tokenizer import build_tokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     # Llama's tokenizer starts every sequence with <s>; so does this one.
-    bos_id = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    return build_tokenizer(
+        special_tokens=SPECIAL_TOKENS,
+        chat_template=LLAVA_CHAT_TEMPLATE,
         unk_token="<unk>",
         bos_token="<s>",
+        add_bos=True,
         eos_token="</s>",
         pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
+        vocab_size=vocab_size,
         model_max_length=model_max_length,
-        padding_side="left",
-        chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    return fast
 
 
 def build_tiny_llava(

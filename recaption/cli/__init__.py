@@ -6,9 +6,11 @@ from __future__ import annotations
 from recaption.cli import (  # noqa: F401  (registers the commands)
     caption_cmd,
     encode_cmd,
+    export_captions_cmd,
     index_cmd,
     inspect_cmd,
     nouns_cmd,
+    report_cmd,
     run_cmd,
     status_cmd,
     tiny_cmd,

@@ -48,6 +48,20 @@ def _root(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+#: Width of tables and lines when the output is not a terminal (logs, `ray job logs`, files):
+#: wide enough that Table 1 never wraps a cell ("Datas / et") as rich's default 80 columns did.
+LOG_WIDTH = 240
+
+
+def console(*, stderr: bool = False) -> Any:
+    """A rich Console for stdout (or stderr): the terminal's width in a terminal; elsewhere
+    :data:`LOG_WIDTH` columns and no wrapping of long lines, so logs keep one line per line."""
+    from rich.console import Console
+
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, width=None if tty else LOG_WIDTH, soft_wrap=not tty)
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print an error for a person and exit with ``code``."""
     from rich.console import Console

@@ -17,11 +17,12 @@ def caption_command(
         "llava-hf/llava-1.5-7b-hf", "--model", help="Hub id or local folder of a chat-template VLM."
     ),
     revision: str | None = typer.Option(None, "--revision", help="Model revision (branch, tag or commit)."),
-    prompt: str = typer.Option(
-        "auto",
+    prompt: list[str] = typer.Option(
+        [],
         "--prompt",
-        help="sam | laion | a template with {raw_caption}. auto: sam for SA-1B, laion (raw caption as hint) "
-        "otherwise.",
+        help="sam | laion | a template with {raw_caption} | auto (default: laion where the source has raw "
+        "captions, sam otherwise). Repeatable as COLUMN=PROMPT, one caption column each, e.g. "
+        "--prompt dense_caption=sam --prompt short_caption='Describe this image in one sentence.'",
     ),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu."),
     dtype: str = typer.Option(
@@ -44,6 +45,13 @@ def caption_command(
         "--max-image-pixels",
         help="Shrink larger images to this many pixels before preprocessing.",
     ),
+    retry_flagged: int = typer.Option(
+        0,
+        "--retry-flagged",
+        help="Regenerate a caption that hit --max-new-tokens or loops, with seeded sampling, up to N times "
+        "(the first clean one is kept, or the last).",
+    ),
+    retry_temperature: float = typer.Option(0.7, "--retry-temperature", help="Temperature of those retries."),
     compile_: bool = typer.Option(
         False, "--compile/--no-compile", help="torch.compile generation on GPU (+8-10%, ~30 s warm-up)."
     ),
@@ -56,22 +64,29 @@ def caption_command(
         True, "--stop-loops/--no-stop-loops", help="End a caption whose tokens loop (not at max-new-tokens)."
     ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own code."),
+    image_option: list[str] = typer.Option(
+        [],
+        "--image-option",
+        help="A model-family image option as KEY=VALUE (repeatable): min_pixels, max_pixels (Qwen2-VL, "
+        "Qwen2.5-VL); longest_edge, do_image_splitting (Idefics3, SmolVLM).",
+    ),
     kind: str = source_options.kind,
     shard_size: int | None = source_options.shard_size,
     captions_dir: str | None = source_options.captions_dir,
     text_column: str | None = source_options.text_column,
     image_column: str | None = source_options.image_column,
     executor: str = typer.Option(
-        "ray",
+        "auto",
         "--executor",
-        help="ray: one actor per GPU (Ray starts here unless --ray-address); local: this process.",
+        help="ray: one actor per GPU (Ray starts here unless --ray-address); local: this process; "
+        "auto: ray with --ray-address or more than one shard to do, else local.",
     ),
     ray_address: str | None = run_options.ray_address,
     workers: int | None = run_options.workers,
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
     """Dense captions with a vision-language model (PixArt's LLaVA recaptioning), a shard per input shard."""
-    from recaption.pipeline.build import caption_stage, section_from_flags
+    from recaption.pipeline.build import caption_stage, parse_key_values, section_from_flags
     from recaption.pipeline.config import CaptionConfig
     from recaption.readers import open_source
     from recaption.runner import RayOptions, run_stage
@@ -81,7 +96,9 @@ def caption_command(
         {
             "model": model,
             "revision": revision,
-            "prompt": prompt,
+            "prompt": list(prompt) if len(prompt) > 1 else (prompt[0] if prompt else "auto"),
+            "retry_flagged": retry_flagged,
+            "retry_temperature": retry_temperature,
             "device": device,
             "dtype": dtype,
             "batch_size": batch_size,
@@ -95,6 +112,7 @@ def caption_command(
             "image_aspect": image_aspect,
             "stop_loops": stop_loops,
             "trust_remote_code": trust_remote_code,
+            "image_options": parse_key_values("--image-option", image_option),
         },
         flags={
             "sample": "--sample/--greedy",

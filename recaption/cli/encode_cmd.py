@@ -29,7 +29,18 @@ def encode_command(
     preset: str = typer.Option(
         "alpha", "--preset", help="alpha (T5 120 tokens, cleaned; SD VAE) | sigma (300; SDXL VAE)."
     ),
-    fields: str = typer.Option("dense", "--fields", help="Captions to encode: dense, raw, or dense,raw."),
+    fields: str = typer.Option(
+        "dense",
+        "--fields",
+        help="Captions to encode, comma-separated: dense, raw, or a caption column (dense,short_caption).",
+    ),
+    drop_flagged: str = typer.Option(
+        "",
+        "--drop-flagged",
+        help="Leave out rows whose captions are flagged, comma-separated: length, repetition, fallback, "
+        "error "
+        "(each dropped key in the manifest, counted by reason).",
+    ),
     what: str = typer.Option(
         "both", "--what", help="both | text (T5 only) | image (VAE only; see --text-from)."
     ),
@@ -70,7 +81,10 @@ def encode_command(
         None, "--max-file-size", help="Split a shard into files of at most this size (512MB, 2GiB)."
     ),
     executor: str = typer.Option(
-        "ray", "--executor", help="ray (actors, one per GPU) | local (this process)."
+        "auto",
+        "--executor",
+        help="ray (actors, one per GPU) | local (this process) | auto (ray with --ray-address or more "
+        "than one shard to do, else local).",
     ),
     ray_address: str | None = run_options.ray_address,
     workers: int | None = run_options.workers,
@@ -87,6 +101,7 @@ def encode_command(
         {
             "preset": preset,
             "fields": [f.strip() for f in fields.split(",") if f.strip()],
+            "drop_flagged": [f.strip() for f in drop_flagged.split(",") if f.strip()],
             "t5_model": t5_model,
             "t5_hidden_size": t5_hidden_size,
             "vae_model": vae_model,

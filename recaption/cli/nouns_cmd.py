@@ -41,7 +41,12 @@ def nouns_command(
     stop_file: str | None = typer.Option(None, "--stop-file", help="Extra stop words, one per line."),
     max_chars: int = typer.Option(10_000, "--max-chars", help="Longer captions are cut there and flagged."),
     spacy_model: str = typer.Option("en_core_web_sm", "--spacy-model", help="spaCy pipeline name or path."),
-    executor: str = typer.Option("ray", "--executor", help="ray (one spaCy model per worker) | local."),
+    executor: str = typer.Option(
+        "auto",
+        "--executor",
+        help="ray (one spaCy model per worker) | local | auto (ray with --ray-address or more than "
+        "one shard to do, else local).",
+    ),
     ray_address: str | None = run_options.ray_address,
     workers: int | None = run_options.workers,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),

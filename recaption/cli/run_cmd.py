@@ -20,7 +20,7 @@ def run_command(
     prompt: str | None = typer.Option(
         None, "--prompt", help="sam | laion | a template (sets caption.prompt)."
     ),
-    executor: str | None = typer.Option(None, "--executor", help="ray | local (sets executor)."),
+    executor: str | None = typer.Option(None, "--executor", help="auto | ray | local (sets executor)."),
     ray_address: str | None = typer.Option(
         None, "--ray-address", envvar="RAY_ADDRESS", help="Join this Ray cluster."
     ),
@@ -50,6 +50,7 @@ def run_command(
 
     result = run_pipeline(cfg)
     d = result.to_dict()
+    d["totals"] = result.totals
     if as_json:
         print_json(d)
     else:
@@ -59,10 +60,11 @@ def run_command(
 
 
 def print_pipeline_summary(d: dict, report: dict | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    c = Console(stderr=True)
+    from recaption.cli.app import console
+
+    c = console(stderr=True)
     t = Table(title=f"recaption run → {d['output']}")
     for col in ("stage", "shards", "rows", "errors", "warnings", "rows/s", "output"):
         t.add_column(col)
@@ -77,13 +79,30 @@ def print_pipeline_summary(d: dict, report: dict | None) -> None:
             s["output"],
         )
     c.print(t)
-    c.print(f"{d['images']} images in {d['seconds']:.1f}s: {d['images_per_second']:.2f} images/s end to end")
+    stages = d["stages"].values()
+    if not any(s["done_shards"] or s["failed_shards"] for s in stages):
+        # A rerun of a finished run: say so, rather than "0 images in 0.0s".
+        done = ", ".join(f"{name} {s['skipped_shards']}" for name, s in d["stages"].items())
+        c.print(f"nothing to do: every shard already done ({done}) in {d['output']}")
+    else:
+        c.print(
+            f"{d['images']} images in {d['seconds']:.1f}s: {d['images_per_second']:.2f} images/s end to end"
+        )
+    from recaption.quality import quality_lines
+
+    totals = d.get("totals") or {}
     for name, s in d["stages"].items():
+        # the whole output's figures where known (a resumed run redid only part of it)
+        quality = (totals.get(name) or {}).get("quality") or s.get("quality")
+        for line, attention in quality_lines(s["stage"], quality):
+            c.print(f"  [yellow]{line}[/]" if attention else f"  {line}", highlight=False)
         for reason, n in list(s["error_reasons"].items())[:5]:
             c.print(f"  {name}: {n} × {reason}")
     if report:
         from recaption.nouns.report import print_report
 
-        print_report(report, c)
+        print_report(report, console())  # stdout, as `recaption nouns` prints it
     if d["nouns_report"]:
         c.print("nouns report: " + ", ".join(d["nouns_report"].values()))
+    if d.get("html_report"):
+        c.print(f"report (open in a browser): {d['html_report']}")

@@ -33,6 +33,8 @@ def status_command(
             f"{s['shards_done']}/{s['shards_total']}" + (" ✓" if s["complete"] else ""),
             ", ".join(
                 f"{i} (written {s['in_progress_idle_seconds'][str(i)]:.0f} s ago)"
+                if s.get("running")
+                else f"{i} (left by a stopped run; a rerun redoes it)"
                 for i in s["shards_in_progress"]
             )
             or "-",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from recaption.quality import quality_lines
 from recaption.runner.base import RunSummary
 
 
@@ -20,15 +21,23 @@ def report_run(summary: RunSummary, as_json: bool) -> None:
 
 
 def print_summary(summary: RunSummary) -> None:
-    from rich.console import Console
+    from recaption.cli.app import console
 
-    c = Console(stderr=True)
+    c = console(stderr=True)
     d = summary.to_dict()
+    if not d["done_shards"] and not d["failed_shards"]:
+        c.print(
+            f"[bold]{d['stage']}[/]: nothing to do: {d['skipped_shards']} shard(s) already done "
+            f"→ {d['output']}"
+        )
+        return
     c.print(
         f"[bold]{d['stage']}[/]: {d['done_shards']} shard(s) written, {d['skipped_shards']} already done, "
         f"{len(d['failed_shards'])} failed; {d['rows']} rows, {d['errors']} errors, {d['warnings']} warnings "
         f"in {d['seconds']:.1f}s ({d['rows_per_second']:.1f} rows/s) → {d['output']}"
     )
+    for line, attention in quality_lines(d["stage"], d.get("quality")):
+        c.print(f"  [yellow]{line}[/]" if attention else f"  {line}", highlight=False)
     for reason, n in list(d["error_reasons"].items())[:10]:
         c.print(f"  {n:>6} × {reason}")
     for reason, n in list(d["warning_reasons"].items())[:5]:

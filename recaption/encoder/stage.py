@@ -27,8 +27,20 @@ from recaption.shards.inputs import read_shard_table, stage_output_shards
 from recaption.shards.writer import ShardOutput
 from recaption.stage import Resources, Stage
 
-# Which caption column each encoded field reads.
+# Which caption column each encoded field reads; any other field is a caption column's own name
+# (one written by ``recaption caption --prompt COLUMN=...``), e.g. ``short_caption``.
 FIELD_COLUMNS = {"dense": "dense_caption", "raw": "raw_caption"}
+
+
+def field_column(f: str) -> str:
+    """The caption column an encoded field reads."""
+    return FIELD_COLUMNS.get(f, f)
+
+
+def _valid_field(f: str) -> bool:
+    return f in FIELD_COLUMNS or (f.isidentifier() and f not in FIELD_COLUMNS.values())
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # PixArt-α: T5-XXL at 120 tokens with caption cleaning; SD's VAE (sd-vae-ft-ema); 256/512/1024.
     "alpha": {"t5": "alpha", "vae": "sd-vae-ft-ema", "resolutions": (256, 512, 1024)},
@@ -104,13 +116,21 @@ class EncodeStage(Stage):
     max_file_bytes: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     decode_threads: int = 4
+    # Rows whose generated captions carry these flags (length, repetition, fallback, error) are
+    # dropped, each with a manifest row; see recaption.encoder.flags.
+    drop_flagged: tuple[str, ...] = ()
     name = "encode"
 
     def __post_init__(self) -> None:
         self.fields = tuple(self.fields)
+        from recaption.encoder.flags import check_drop_flags
+
+        self.drop_flagged = check_drop_flags(self.drop_flagged)
+        accepted = f"{', '.join(sorted(FIELD_COLUMNS))}, or a caption column's name (e.g. short_caption)"
         for f in self.fields:
-            if f not in FIELD_COLUMNS:
-                raise ConfigError("--fields", f, sorted(FIELD_COLUMNS))
+            if not isinstance(f, str) or not _valid_field(f):
+                raise ConfigError("--fields", f, accepted)
+        self._check_fields_exist(accepted)
         if not self.fields and self.text is not None:
             raise ConfigError(
                 "--fields", "", sorted(FIELD_COLUMNS), hint="name at least one caption to encode"
@@ -135,6 +155,28 @@ class EncodeStage(Stage):
         state = dict(self.__dict__)
         state.update(_text_enc=None, _image_enc=None, _schema=None)
         return state
+
+    def _check_fields_exist(self, accepted: str) -> None:
+        """A caption column named in ``fields`` must be in the caption shards (when they exist yet)."""
+        named = [f for f in self.fields if f not in FIELD_COLUMNS]
+        if not named or self.text is None:
+            return
+        from recaption import io
+        from recaption.shards.layout import StageDir
+
+        files = StageDir(self.captions).data_files() if io.exists(self.captions) else []
+        if not files:
+            return  # a pipeline captions first: its caption stage's schema was checked instead
+        import pyarrow.parquet as pq
+
+        with io.open_file(files[0], "rb") as f:
+            names = list(pq.ParquetFile(f).schema_arrow.names)
+        for f_ in named:
+            if f_ not in names:
+                columns = sorted(n for n in names if n.endswith("caption"))
+                raise ConfigError(
+                    "--fields", f_, accepted, hint=f"the caption shards have: {', '.join(columns)}"
+                )
 
     # -- configuration -----------------------------------------------------------------------------
     def resources(self) -> Resources:
@@ -163,6 +205,8 @@ class EncodeStage(Stage):
                 out["image"]["resize"] = self.image.resize
         if self.text_from:
             out["text_from"] = self.text_from
+        if self.drop_flagged:
+            out["drop_flagged"] = list(self.drop_flagged)
         return out
 
     def shards(self) -> list[InputShard]:
@@ -234,13 +278,25 @@ class EncodeStage(Stage):
 
         self.setup()
         cols = ["key", "image_uri", "image_member", "image_offset", "image_length", "width", "height"]
-        captions = [FIELD_COLUMNS[f] for f in self.fields] if self.text is not None else []
-        table = read_shard_table(shard, cols + captions, optional=["error", "finish_reason"])
+        from recaption.encoder.flags import describe, drop_reasons, flag_columns
+
+        captions = [field_column(f) for f in self.fields] if self.text is not None else []
+        # the generated captions whose flags --drop-flagged reads (raw captions have none)
+        generated = [c for c in captions if c != "raw_caption"] or ["dense_caption"]
+        optional = ["error", "finish_reason"]
+        if self.drop_flagged:
+            optional += [c for c in flag_columns(generated) if c not in optional]
+        table = read_shard_table(shard, cols + captions, optional=optional)
         rows = table.to_pylist()
         text_rows = self._text_rows(shard) if self.text_from is not None else None
         opener = ImageOpener()
         todo: list[dict[str, Any]] = []
         for r in rows:
+            if self.drop_flagged and (reasons := drop_reasons(r, generated, self.drop_flagged)):
+                out.fail(self._failure(r, describe(r, generated, reasons)))
+                for reason in reasons:
+                    out.count(f"dropped_{reason}")
+                continue
             if r.get("error"):
                 out.fail(self._failure(r, f"no caption to encode: captioning failed ({r['error']})"))
                 continue
@@ -283,8 +339,10 @@ class EncodeStage(Stage):
                             keep.append((r, (img, (w, h))))
                     ok = keep
                 if not ok:
+                    out.progress(len(batch.items))
                     continue
                 out.write(self._encode(ok, out, text_rows))
+                out.progress(len(batch.items))
         finally:
             opener.close()  # temporary files of decompressed .tar.gz shards
         return {"encoder": self._stats()}
@@ -317,7 +375,7 @@ class EncodeStage(Stage):
             import numpy as np
 
             for f in self.fields:
-                feats = self._text_enc.encode([r[FIELD_COLUMNS[f]] for r, _ in ok])
+                feats = self._text_enc.encode([r[field_column(f)] for r, _ in ok])
                 for i, (row, (r, _), feat) in enumerate(zip(rows, ok, feats, strict=True)):
                     if not np.isfinite(feat.to_float32()).all():
                         if i not in failed:

@@ -22,7 +22,7 @@ from recaption.nouns.options import NounOptions
 from recaption.nouns.stats import NounStats
 from recaption.readers.base import Failure, InputShard, Sample
 from recaption.shards.inputs import read_shard_table, stage_output_shards
-from recaption.shards.layout import StageDir
+from recaption.shards.layout import PART_RE, StageDir
 from recaption.shards.writer import ShardOutput
 from recaption.stage import Resources, Stage
 
@@ -318,8 +318,12 @@ def merge_counts(stage_url: str) -> dict[str, NounStats]:
     """Merge every finished shard's statistics, per label (exact, order-independent)."""
     folder = io.join(stage_url, "_counts")
     parts: dict[str, list[NounStats]] = {}
+    done = StageDir(stage_url).done_indices()  # only shards whose stats marker says complete
     for url in io.listdir(folder):
         if not url.endswith(".json") or io.is_tmp(url):
+            continue
+        m = PART_RE.match(io.basename(url))
+        if m is None or int(m.group(1)) not in done:
             continue
         for label, text in json.loads(io.read_text(url)).items():
             parts.setdefault(label, []).append(NounStats.from_json(text))

@@ -43,6 +43,22 @@ def section_from_flags(model: type[M], values: dict[str, Any], flags: dict[str, 
         raise ConfigError(flag, err.get("input"), err.get("msg", "a valid value")) from None
 
 
+def parse_key_values(flag: str, items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` flags as a mapping; values read as YAML scalars (``true``, ``1003520``, ``x``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(flag, item, "KEY=VALUE (e.g. max_pixels=1003520)")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
 @contextmanager
 def in_section(section: str) -> Iterator[None]:
     """Name a model or stage check's failure by its pipeline key (``caption.dtype``, not ``dtype``)."""
@@ -95,6 +111,7 @@ def captioner_config(c: CaptionConfig) -> CaptionerConfig:
         stop_loops=c.stop_loops,
         gpu_share=min(1.0, c.gpus_per_worker) if c.gpus_per_worker > 0 else 1.0,
         trust_remote_code=c.trust_remote_code,
+        image_options=dict(c.image_options),
     )
 
 
@@ -102,7 +119,13 @@ def caption_stage(c: CaptionConfig, source: Source) -> CaptionStage:
     """The caption stage of a ``caption`` section over an opened source."""
     from recaption.captioner.stage import CaptionStage
 
-    return CaptionStage(source=source, model=captioner_config(c), prompt=c.prompt)
+    return CaptionStage(
+        source=source,
+        model=captioner_config(c),
+        prompt=c.prompt,
+        retry_flagged=c.retry_flagged,
+        retry_temperature=c.retry_temperature,
+    )
 
 
 def noun_options(n: NounsConfig) -> NounOptions:
@@ -163,4 +186,5 @@ def encode_stage(
         batch_rows=e.batch_rows,
         max_file_rows=e.max_file_rows,
         max_file_bytes=int(e.max_file_size) if e.max_file_size is not None else None,
+        drop_flagged=tuple(e.drop_flagged),
     )

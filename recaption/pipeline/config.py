@@ -7,6 +7,7 @@ settings can be given as flags (``--set caption.model=...``).
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import (
@@ -45,8 +46,10 @@ class CaptionConfig(_Strict):
         "llava-hf/llava-1.5-7b-hf", description="Hub id or local folder of a chat-template VLM."
     )
     revision: str | None = Field(None, description="Model revision.")
-    prompt: str = Field(
-        "auto", description="sam | laion | a template with {raw_caption}; auto: by source kind."
+    prompt: str | list[str] = Field(
+        "auto",
+        description="sam | laion | a template with {raw_caption}; auto: laion where the source has raw "
+        "captions, sam otherwise. A list of COLUMN=PROMPT writes one caption column per prompt.",
     )
     device: str = Field("auto", description="auto | cuda | cuda:N | cpu.")
     dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32.")
@@ -72,6 +75,17 @@ class CaptionConfig(_Strict):
     )
     stop_loops: bool = Field(True, description="End a caption whose tokens loop, not at max_new_tokens.")
     trust_remote_code: bool = Field(False, description="Allow the model repository's own code.")
+    retry_flagged: int = Field(
+        0,
+        ge=0,
+        description="Regenerate a caption that hit max_new_tokens or loops (seeded sampling), up to N times.",
+    )
+    retry_temperature: float = Field(0.7, gt=0, description="Sampling temperature of those retries.")
+    image_options: dict[str, Any] = Field(
+        {},
+        description="Model-family image options: min_pixels/max_pixels (Qwen2-VL, Qwen2.5-VL), "
+        "longest_edge/do_image_splitting (Idefics3, SmolVLM).",
+    )
     workers: PositiveInt | None = Field(
         None, description="Caption workers (default: one per GPU, or per CPU slot)."
     )
@@ -109,7 +123,12 @@ class EncodeConfig(_Strict):
     preset: Literal["alpha", "sigma"] = Field(
         "alpha", description="alpha: T5 120 tokens, cleaned, SD VAE; sigma: 300, SDXL VAE."
     )
-    fields: list[Literal["dense", "raw"]] = Field(["dense"], description="Captions to encode.")
+    fields: list[str] = Field(
+        ["dense"], description="Captions to encode: dense, raw, or a caption column (e.g. short_caption)."
+    )
+    drop_flagged: list[Literal["length", "repetition", "fallback", "error"]] = Field(
+        [], description="Leave out rows whose captions have these flags (each listed in the manifest)."
+    )
     t5_model: str | None = Field(None, description="T5 hub id or folder (default: the preset's).")
     t5_hidden_size: int | None = Field(
         None, description="Expected T5 hidden size (default: the preset's, 4096)."
@@ -164,8 +183,10 @@ class PipelineConfig(_Strict):
     output: str = Field(
         description="Output folder: captions/, nouns/, features/, pipeline.yaml, summary.json."
     )
-    executor: Literal["ray", "local"] = Field(
-        "ray", description="ray: stages overlap on actors; local: one after another here."
+    executor: Literal["auto", "ray", "local"] = Field(
+        "auto",
+        description="ray: stages overlap on actors; local: one after another here; auto: ray with "
+        "a Ray address or more than one shard to do, else local (no Ray start for small jobs).",
     )
     ray: RayConfig = Field(default_factory=RayConfig)  # type: ignore[arg-type]
     caption: CaptionConfig = Field(default_factory=CaptionConfig)  # type: ignore[arg-type]
@@ -225,7 +246,12 @@ def _explain(e: ValidationError) -> ConfigError:
     loc = tuple(err.get("loc", ()))
     key = ".".join(str(p) for p in loc) or "(top level)"
     if err.get("type") == "extra_forbidden":
-        return ConfigError(key, err.get("input"), _accepted(PipelineConfig, loc), hint=f"unknown key {key!r}")
+        accepted = _accepted(PipelineConfig, loc)
+        hint = f"unknown key {key!r}"
+        close = difflib.get_close_matches(str(loc[-1]) if loc else "", accepted, n=1, cutoff=0.6)
+        if close:
+            hint += f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?"
+        return ConfigError(key, err.get("input"), accepted, hint=hint)
     if err.get("type") == "missing":
         return ConfigError(key, None, "a value", hint=f"{key!r} is required")
     return ConfigError(key, err.get("input"), err.get("msg", "a valid value"))
@@ -314,17 +340,29 @@ def section_of(key: str) -> str:
     return "caption" if head == "source" else head
 
 
+def _yaml_value(value: Any) -> str:
+    """A default as a pipeline file writes it: ``null``, ``true``, ``[256, 512]``, ``auto``."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
 def describe_fields() -> str:
-    """Every key with its default and description (for --help-config)."""
+    """Every key with its default and description (for --help-config), as valid YAML: the
+    defaults as a pipeline file writes them (``null``, ``true``), required keys commented."""
     lines = []
     for section_name, field in PipelineConfig.model_fields.items():
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             lines.append(f"{section_name}:")
             for k, f in ann.model_fields.items():
-                default = "(required)" if f.is_required() else repr(f.default)
-                lines.append(f"  {k}: {default}  # {f.description}")
+                if f.is_required():
+                    lines.append(f"  {k}:   # (required) {f.description}")
+                else:
+                    lines.append(f"  {k}: {_yaml_value(f.default)}  # {f.description}")
+        elif field.is_required():
+            lines.append(f"{section_name}:   # (required) {field.description}")
         else:
-            default = "(required)" if field.is_required() else repr(field.default)
-            lines.append(f"{section_name}: {default}  # {field.description}")
+            lines.append(f"{section_name}: {_yaml_value(field.default)}  # {field.description}")
     return "\n".join(lines)

@@ -6,8 +6,10 @@
       pipeline.yaml     the resolved configuration (a rerun with other results-deciding settings is refused)
       captions/         caption shards (part-NNNNN.parquet, _failures/, _stats/)
       nouns/            nouns per caption and per-shard statistics
-      report/           nouns.{json,md,csv}: PixArt's Table 1, raw against dense captions
+      report/           nouns.{json,md,csv}: PixArt's Table 1, raw against dense captions;
+                        index.html: the whole run on one page (`recaption report`)
       features/         T5 + VAE feature shards (features_text/ too when T5 and VAE run apart)
+      _lease.json       while a run writes here: a second run on the folder is refused
       summary.json      what this invocation did per stage (throughput, failures by reason), and
                         "totals": the whole output's, over every run into the folder
 
@@ -106,7 +108,8 @@ def plan(cfg: PipelineConfig) -> Plan:
             raise ConfigError(
                 "nouns.labels", labels, f"{len(n.columns)} labels, one per column of nouns.columns"
             )
-        _check_caption_columns(p.captions, list(n.columns), captioning=cfg.caption.enabled)
+        caption_stage = p.stages["caption"].stage if "caption" in p.stages else None
+        _check_caption_columns(p.captions, list(n.columns), captioning=caption_stage)
         with build.in_section("nouns"):
             options = build.noun_options(n)
         stage_n = NounsStage(
@@ -129,6 +132,8 @@ def plan(cfg: PipelineConfig) -> Plan:
     if cfg.encode.enabled:
         e = cfg.encode
         after = "caption" if expected is not None else None
+        if "caption" in p.stages:
+            _check_encode_fields(list(e.fields), p.stages["caption"].stage)
         if e.split_workers:
             text_url = p.features_text
             with build.in_section("encode"):
@@ -153,13 +158,23 @@ def plan(cfg: PipelineConfig) -> Plan:
     return p
 
 
-def _check_caption_columns(captions: str, columns: list[str], *, captioning: bool) -> None:
-    """``nouns.columns`` must name columns the caption shards have: checked before any captioning,
-    not found out by every noun shard after it."""
-    if captioning:
-        from recaption.captioner.stage import caption_schema
+def _check_encode_fields(fields: list[str], caption_stage: Any) -> None:
+    """``encode.fields`` naming a caption column must name one this run's captioning writes."""
+    from recaption.encoder.stage import FIELD_COLUMNS
 
-        available = list(caption_schema().names)
+    available = list(caption_stage.schema().names)
+    for f in fields:
+        if f not in FIELD_COLUMNS and f not in available:
+            columns = sorted(c for c in available if c.endswith("caption"))
+            raise ConfigError("encode.fields", f, ["dense", "raw", *columns])
+
+
+def _check_caption_columns(captions: str, columns: list[str], *, captioning: Any) -> None:
+    """``nouns.columns`` must name columns the caption shards have: checked before any captioning,
+    not found out by every noun shard after it. ``captioning``: the caption stage of this run, if any
+    (its schema has one column per prompt)."""
+    if captioning is not None:
+        available = list(captioning.schema().names)
     else:
         from recaption.shards.layout import StageDir
 
@@ -228,6 +243,8 @@ class PipelineResult:
     report: dict[str, Any] | None
     report_files: dict[str, str]
     output: str
+    html_report: str | None = None  # OUTPUT/report/index.html (`recaption report`), when written
+    totals: dict[str, Any] = field(default_factory=dict)  # summary.json's: the whole output's figures
 
     def ok(self) -> bool:
         return all(s.ok for s in self.summaries.values())
@@ -242,18 +259,40 @@ class PipelineResult:
             "images_per_second": round(images / self.seconds, 3) if self.seconds > 0 else 0.0,
             "stages": {name: s.to_dict() for name, s in self.summaries.items()},
             "nouns_report": self.report_files,
+            "html_report": self.html_report,
             "recaption_version": __version__,
         }
 
 
 def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> PipelineResult:
     """Run (or resume) a pipeline; returns per-stage summaries and writes OUTPUT/summary.json."""
+    from recaption.shards.lease import hold
+
     p = plan(cfg)  # every setting checked (and the source opened) before anything is written
+    # One writer per folder: the run's own and every stage folder, taken before the first write
+    # (an unwritable output is refused here, before any work).
+    folders = [cfg.output, *(ps.output for ps in p.stages.values())]
+    with hold(folders, command="run"):
+        return _run_pipeline(cfg, p, progress)
+
+
+def _run_pipeline(cfg: PipelineConfig, p: Plan, progress: bool | None) -> PipelineResult:
     check_or_record_config(p)
     t0 = time.time()
     names = list(p.stages)
     summaries: dict[str, RunSummary] = {}
-    if cfg.executor == "ray":
+    executor = cfg.executor
+    if executor == "auto":
+        from recaption.runner.auto import choose_executor, pending_shards
+
+        # No rule on workers here: with one worker each, Ray still overlaps the stages.
+        executor, why = choose_executor(
+            "auto",
+            pending=[pending_shards(ps.stage, ps.output) for ps in p.stages.values()],
+            address=cfg.ray.address,
+        )
+        log.info("executor %s: %s", executor, why)
+    if executor == "ray":
         from recaption.runner.ray import RayOptions, StageSpec, run_graph_ray
 
         specs = [
@@ -271,9 +310,12 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> Pipeli
             summaries[name] = s
     else:
         from recaption.runner.local import run_local
+        from recaption.runner.progress import ProgressGroup
 
+        # one display for the run: its ETA adds up the stages, run one after another
+        group = ProgressGroup(progress, sequential=True, expected_stages=len(p.stages))
         for name, ps in p.stages.items():
-            summaries[name] = run_local(ps.stage, ps.output, progress=progress)
+            summaries[name] = run_local(ps.stage, ps.output, progress=group)
     seconds = time.time() - t0
     report: dict[str, Any] | None = None
     files: dict[str, str] = {}
@@ -309,5 +351,28 @@ def run_pipeline(cfg: PipelineConfig, *, progress: bool | None = None) -> Pipeli
         }
         for s in run_status(cfg.output)["stages"]
     }
+    # Caption quality over the whole output too: a rerun with nothing left to do still shows it.
+    from recaption.quality import stage_quality
+    from recaption.shards.layout import StageDir
+
+    for ps in p.stages.values():
+        name = ps.stage.name + ("_text" if ps.output == p.features_text else "")
+        if name in summary["totals"]:
+            counters: dict[str, int] = {}
+            for st in StageDir(ps.output).read_stats():
+                for k, v in (st.get("counters") or {}).items():
+                    counters[k] = counters.get(k, 0) + int(v)
+            t = summary["totals"][name]
+            t["quality"] = stage_quality(ps.stage.name, counters, errors=int(t["errors"]))
+    result.totals = summary["totals"]
+    from recaption.report import REPORT_FILE, write_report
+
+    summary["html_report"] = result.html_report = io.join(cfg.output, REPORT_FILE)
     io.write_text_atomic(io.join(cfg.output, "summary.json"), json.dumps(summary, indent=1))
+    try:  # after summary.json, which the report shows; a view of the run never fails the run
+        write_report(cfg.output)
+    except Exception as e:
+        log.warning("no HTML report: %s: %s", type(e).__name__, e)
+        summary["html_report"] = result.html_report = None
+        io.write_text_atomic(io.join(cfg.output, "summary.json"), json.dumps(summary, indent=1))
     return result

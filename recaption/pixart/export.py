@@ -9,7 +9,9 @@ What PixArt's loaders read (PixArt-alpha/PixArt-alpha and PixArt-alpha/PixArt-si
   ``InternalData`` in ``root/partition/``, α ``InternalDataMS`` in ``root/partition_filter/`` (newer
   α commits) or ``root/partition/`` (older ones), Σ ``InternalDataMS``/``InternalDataMSSigma`` in
   ``root/`` itself. We write the same file to all three places;
-- T5 features: ``root/caption_feature_wmask/NAME.npz`` with ``caption_feature`` (1, L, hidden)
+- T5 features: ``root/caption_feature_wmask/NAME.npz`` (and ``root/caption_features``, a symlink to
+  it, where PixArt-Σ's own ``InternalDataMS``, which Σ's checkout trains α's multi-scale configs
+  with, reads them) with ``caption_feature`` (1, L, hidden)
   float32 and ``attention_mask`` (1, L) int64, as PixArt-α's ``tools/extract_features.py`` saves them
   (``T5Embedder`` output ``.float()``, the tokenizer's int64 mask). α's ``InternalDataMS`` does not
   pad stored features to the training length (its ``InternalData`` does), so by default we write
@@ -36,13 +38,16 @@ The file name rule: every loader derives ``NAME`` from ``item['path']``; α's ru
 also replaces ``.jpg``/``.webp``/``.jpeg``, and ``InternalDataSigma`` keeps only the base name. So our
 ``path`` is ``KEY.png`` with every ``/`` of the key made ``_``: flat, ending in ``.png``, and every one
 of those rules then gives the same ``NAME`` = ``KEY.npz``/``KEY.npy`` (:func:`loader_name`); an
-extension inside a key (``cat.jpg``) is written ``cat_jpg``, since Σ's rule would replace it too. The
+extension inside a key (``cat.jpg``, ``IMG.JPG``) is written ``cat_jpg``, since Σ's rules would
+replace it too. A key longer than a file name may be keeps its first 183 bytes and a hash of the
+whole key (the ``key`` field of each entry keeps the key itself). The
 ``.png`` is the name of the exported image (``images=True``; a linked JPEG keeps its bytes, PIL
 opens it by content). Keys that collide after these changes are refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io as _io
 import json
 from collections.abc import Sequence
@@ -64,6 +69,9 @@ DATA_INFO = "data_info.json"
 # Where the loaders look for the JSON (see the module docstring).
 DATA_INFO_FOLDERS = ("", "partition", "partition_filter")
 T5_FOLDER = "caption_feature_wmask"
+# PixArt-Σ's checkout trains α's multi-scale configs with its own InternalDataMS, which reads the
+# same (unpadded-by-the-loader) features from here: a link to T5_FOLDER
+SIGMA_CHECKOUT_T5_FOLDER = "caption_features"
 SIGMA_T5_FOLDER = "caption_features_new"
 SIGMA_ALT_T5_FOLDER = "sharegpt4v_caption_features_new"
 # The training configs PixArt ships (α: configs/pixart_config, Σ: configs/pixart_sigma_config);
@@ -83,8 +91,13 @@ SHIPPED_CONFIGS = (
 SIGMA_REAL_PROMPT_RATIO = 0.5
 
 
-# Σ's loaders replace these anywhere in the path, not only at its end
-_LOADER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+# The longest stem of a file name we write (255 bytes less the extension and write_bytes_atomic's
+# ".NAME.tmp-<12 hex>" temporary name)
+_MAX_STEM_BYTES = 200
+
+# Σ's loaders replace these anywhere in the path, not only at its end (Σ's ``InternalData``, which
+# its α configs train with, also the upper-case ``.JPEG`` and ``.JPG``)
+_LOADER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".JPEG", ".JPG")
 
 
 def image_path(key: str) -> str:
@@ -96,6 +109,12 @@ def image_path(key: str) -> str:
     flat = key.replace("/", "_")
     for ext in _LOADER_EXTENSIONS:
         flat = flat.replace(ext, "_" + ext[1:])
+    if len(flat.encode()) > _MAX_STEM_BYTES:
+        # a file name has at most 255 bytes (with the temporary name's prefix and suffix added while
+        # it is written): a long key keeps its start and a hash of the whole key
+        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+        head = flat.encode()[: _MAX_STEM_BYTES - len(digest) - 1].decode(errors="ignore")
+        flat = f"{head}_{digest}"
     return flat + ".png"
 
 
@@ -193,6 +212,31 @@ class TextFormat:
         return _npz_bytes({"caption_feature": out[None], "attention_mask": mask[None]}, compress)
 
 
+def _link_t5_folder(dest_url: str) -> str | None:
+    """``caption_features`` → ``caption_feature_wmask`` (a relative symlink): what PixArt-Σ's own
+    ``InternalDataMS`` reads when training α's multi-scale configs from Σ's checkout. Returns a
+    warning where no link can be made (an object store, a filesystem without symlinks)."""
+    import os
+
+    why = "the destination is not a local folder"
+    if io.protocol_of(dest_url) in ("file", "local"):
+        link = os.path.join(dest_url, SIGMA_CHECKOUT_T5_FOLDER)
+        if os.path.islink(link) and os.readlink(link) == T5_FOLDER:
+            return None
+        try:
+            if os.path.islink(link):
+                os.unlink(link)
+            os.symlink(T5_FOLDER, link)
+            return None
+        except OSError as e:
+            why = e.strerror or str(e)
+    return (
+        f"{SIGMA_CHECKOUT_T5_FOLDER}/ not linked to {T5_FOLDER}/ ({why}): PixArt-Σ's checkout trains "
+        f"α's multi-scale configs with an InternalDataMS that reads {SIGMA_CHECKOUT_T5_FOLDER}/; "
+        f"copy {T5_FOLDER}/ there to use it"
+    )
+
+
 def _hint(
     name: str,
     dataset: str,
@@ -272,6 +316,9 @@ def export_pixart(
     for layout in layouts:
         if layout not in LAYOUTS:
             raise ConfigError("layout", layout, LAYOUTS)
+    # PixArt joins a relative ``root`` onto the config's ``data_root`` and replaces 'InternData' in
+    # the whole root to find the images: the hints and the images need the absolute path
+    dest_url = io.normalize(dest_url)
     fs = FeatureSet.open(features_url)
     meta = fs.metadata
     field_ = fs.require_text(caption_field)
@@ -332,6 +379,7 @@ def export_pixart(
     folders += [f for r in res_list for f, _, _ in vae_targets[r]]
     for folder in folders:
         io.makedirs(io.join(dest_url, folder))
+    link_warning = _link_t5_folder(dest_url) if "internal" in layouts and multiscale else None
 
     summary = ExportSummary(dest=dest_url)
     summary.files = dict.fromkeys(folders, 0)
@@ -471,11 +519,30 @@ def export_pixart(
     finally:
         opener.close()
 
+    real_prompt_ratio = SIGMA_REAL_PROMPT_RATIO if alt else 1.0
+    if alt and sigma and entries:
+        empty = sum(1 for e in entries if not e["sharegpt4v"])
+        if empty == len(entries):
+            real_prompt_ratio = 1.0
+            summary.warnings.append(
+                f"the alternate caption '{alt}' is empty for every sample: PixArt-Σ's shipped "
+                "real_prompt_ratio=0.5 fails building the dataset (it asserts the first 'sharegpt4v' "
+                "is not empty); train with real_prompt_ratio=1.0, as the config hints say"
+            )
+        elif empty:
+            # Σ's loaders assert on the first entry's alternate caption alone: put one that has it first
+            first = next(i for i, e in enumerate(entries) if e["sharegpt4v"])
+            entries.insert(0, entries.pop(first))
+            summary.warnings.append(
+                f"the alternate caption '{alt}' is empty for {empty} of {len(entries)} samples: with "
+                "real_prompt_ratio < 1 they train on an empty caption that often"
+            )
     text = json.dumps(entries, ensure_ascii=False)
     for u in info_urls:  # written last: a folder with data_info.json is complete
         io.write_text_atomic(u, text)
     summary.data_info = info_urls
-    real_prompt_ratio = SIGMA_REAL_PROMPT_RATIO if alt else 1.0
+    if link_warning:
+        summary.warnings.append(link_warning)
     if sigma and not alt:
         summary.warnings.append(
             "no alternate caption (--alt-caption): PixArt-Σ's shipped configs set real_prompt_ratio=0.5, "

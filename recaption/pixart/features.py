@@ -26,7 +26,13 @@ def list_feature_files(features: str | Sequence[str]) -> list[str]:
     if any(ch in features for ch in "*?["):
         files = [u for u in io.glob(features) if u.endswith(".parquet")]
     elif io.isdir(features):
-        files = [u for u in io.listdir(features) if FEATURE_FILE_RE.match(io.basename(u))]
+        from recaption.shards.layout import StageDir
+
+        sd = StageDir(features)
+        if io.exists(sd.stage_file):  # recaption's output: only what finished shards' markers list
+            files = sd.data_files()
+        else:
+            files = [u for u in io.listdir(features) if FEATURE_FILE_RE.match(io.basename(u))]
     elif io.exists(features):
         files = [features]
     else:

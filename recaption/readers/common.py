@@ -68,7 +68,8 @@ def read_tar_shard(
     """The samples of one tar shard, with what every tar layout shares: a missing shard, member
     problems, duplicate keys and an empty shard become manifest rows. ``make_sample`` turns one
     member group (:class:`~recaption.readers.tar.TarGroup`) into a sample or a failure."""
-    from recaption.readers.tar import iter_tar_groups
+    from recaption.readers.refs import safe_member_name
+    from recaption.readers.tar import iter_tar_groups, split_key
 
     missing = exists_or_failure(shard, stage)
     if missing:
@@ -78,7 +79,9 @@ def read_tar_shard(
     n = 0
     for ev in iter_tar_groups(shard.uri):
         if ev.problem:
-            yield Failure(key="", stage=stage, reason=ev.problem, uri=shard.uri, member=ev.member)
+            # the member's key names the row (a refused name, outside the shard, is no key)
+            key = split_key(ev.member)[0] if ev.member and safe_member_name(ev.member) else ""
+            yield Failure(key=key, stage=stage, reason=ev.problem, uri=shard.uri, member=ev.member)
             continue
         assert ev.group is not None
         item = make_sample(ev.group)
@@ -92,3 +95,11 @@ def read_tar_shard(
         yield item
     if n == 0:
         yield shard_failure(shard, stage, "shard holds no samples (empty tar)", severity="warning")
+
+
+def skipped_failures(root: str, skipped: tuple[tuple[str, str, str], ...], stage: str) -> Iterator[Failure]:
+    """A failure row per file a source lists but does not read (``(file, reason, severity)``)."""
+    from recaption.readers.folder import _rel, _stem
+
+    for url, reason, severity in skipped:
+        yield Failure(key=_stem(_rel(root, url)), stage=stage, uri=url, reason=reason, severity=severity)

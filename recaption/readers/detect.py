@@ -18,9 +18,9 @@ import tarfile
 from recaption import io
 from recaption.errors import ConfigError, SourceError
 from recaption.images.formats import is_image_extension, unsupported_image_reason
-from recaption.readers.base import Source
+from recaption.readers.base import SEVERITY_WARNING, Source
 from recaption.readers.folder import FolderSource, list_folder
-from recaption.readers.rows import is_table_name
+from recaption.readers.rows import TableUnreadable, is_table_name, read_schema
 from recaption.readers.sam import SAM_KEY, SAM_TAR, SamSource, natural_key
 from recaption.readers.table import (
     IMAGE_CANDIDATES,
@@ -73,6 +73,13 @@ def _looks_sam_tars(tars: list[str]) -> bool:
     return bool(SAM_KEY.match(split_key(first.removeprefix("./"))[0].rsplit("/", 1)[-1])) if first else False
 
 
+def _has_columns(uri: str) -> bool:
+    try:
+        return bool(read_schema(uri)[0])
+    except (TableUnreadable, OSError, ValueError):
+        return False
+
+
 def _table_source(
     root: str,
     files: list[str],
@@ -82,22 +89,25 @@ def _table_source(
     key_column: str | None,
     shard_size: int | None,
 ) -> TableSource:
-    names, types = read_schema_names(files[0])
+    # the columns are the first readable, non-empty file's: an empty or broken file sorted first is
+    # that file's failure row when read, not a reason to refuse the whole folder
+    probe = next((f for f in files if _has_columns(f)), files[0])
+    names, types = read_schema_names(probe)
     img_col = image_column
     if img_col is None and kind != "table":
         img_col = next((c for c in IMAGE_CANDIDATES if c in names and is_image_type(types[c])), None)
     if image_column and image_column not in names:
-        pick_column(names, image_column, IMAGE_CANDIDATES, "image", files[0], True)
-    if image_column and not files[0].lower().endswith((".parquet", ".pq")):
+        pick_column(names, image_column, IMAGE_CANDIDATES, "image", probe, True)
+    if image_column and not probe.lower().endswith((".parquet", ".pq")):
         raise ConfigError(
             "--image-column",
             image_column,
             "parquet tables only",
-            hint=f"{files[0]} holds text, not image bytes",
+            hint=f"{probe} holds text, not image bytes",
         )
     if kind == "parquet" and img_col is None:
         raise SourceError(
-            files[0],
+            probe,
             "no column of image bytes",
             [
                 f"a binary column named one of "
@@ -105,10 +115,10 @@ def _table_source(
                 f"pipeline file); columns: {', '.join(names)}"
             ],
         )
-    text = pick_column(names, text_column, TEXT_CANDIDATES, "caption", files[0], required=img_col is None)
+    text = pick_column(names, text_column, TEXT_CANDIDATES, "caption", probe, required=img_col is None)
     key = key_column or ("key" if "key" in names else None)
     if key_column and key_column not in names:
-        pick_column(names, key_column, ("key",), "key", files[0], True)
+        pick_column(names, key_column, ("key",), "key", probe, True)
     resolved = "parquet" if img_col else "table"
     return TableSource(
         root=root,
@@ -200,18 +210,30 @@ def _pick(
     def want(*ks: str) -> bool:
         return kind == "auto" or kind in ks
 
+    if captions_dir is not None:  # a captions folder inside the source is read as the captions
+        inside = io.normalize(captions_dir).rstrip("/") + "/"
+        files = [f for f in files if not f.startswith(inside)]
     if tars and want("sam", "webdataset"):
+        # img2dataset's metadata beside each tar (00000.parquet, 00000_stats.json) is expected
+        stems = {t[: -len(s)] for t in tars for s in _TAR_SUFFIXES if t.endswith(s)}
+        beside = {f for f in files if f.endswith(".parquet") and f[: -len(".parquet")] in stems}
+        beside |= {f for f in files if f.endswith("_stats.json") and f[: -len("_stats.json")] in stems}
+        skipped = _not_read(files, set(tars) | beside, links, "a tar shard")
         if kind == "sam" or (kind == "auto" and _looks_sam_tars(tars)):
-            return SamSource(root=root, tars=tuple(tars), captions_dir=captions_dir)
-        return WebDatasetSource(root=root, tars=tuple(tars))
+            return SamSource(root=root, tars=tuple(tars), captions_dir=captions_dir, skipped=skipped)
+        return WebDatasetSource(root=root, tars=tuple(tars), skipped=skipped)
     if images and want("sam", "folder"):
         stems = [split_key(io.basename(f))[0] for f in images]
         if kind == "sam" or (kind == "auto" and all(SAM_KEY.match(s) for s in stems)):
+            annotations = {f[: f.rfind(".")] + ".json" for f in images}
             return SamSource(
                 root=root,
                 images=tuple(sorted(images, key=natural_key)),
                 shard_size=size,
                 captions_dir=captions_dir,
+                skipped=_not_read(
+                    files, set(images) | annotations, links, "an SA-1B image or annotation file"
+                ),
             )
         return FolderSource.scan(root, files, size, text_column=text_column, skipped=links)
     if tables and want("parquet", "table"):
@@ -223,3 +245,12 @@ def _pick(
     if kind != "auto":
         raise SourceError(path, f"holds nothing of kind {kind!r}", LAYOUTS)
     raise SourceError(path, "holds nothing recognisable" if files else "is empty", LAYOUTS)
+
+
+def _not_read(
+    files: list[str], used: set[str], links: list[tuple[str, str, str]], what: str
+) -> tuple[tuple[str, str, str], ...]:
+    """``(file, reason, severity)`` for every file a tar or SA-1B source does not read, and the
+    links and special files the listing set aside: every file of the source is accounted for."""
+    out = [(f, f"not {what} of this source; not read", SEVERITY_WARNING) for f in files if f not in used]
+    return tuple(sorted(out + list(links)))

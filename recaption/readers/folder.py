@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,8 @@ def _rel(root: str, url: str) -> str:
 def _stem(path: str) -> str:
     head, base = posixpath.split(path)
     stem = base.rsplit(".", 1)[0] if "." in base else base
+    # a name that is all extension (".jpg", ".DS_Store") keeps its whole name: never an empty key
+    stem = stem or base
     return posixpath.join(head, stem) if head else stem
 
 
@@ -89,9 +92,32 @@ def list_folder(root: str) -> tuple[list[str], list[tuple[str, str, str]]]:
             if os.path.islink(full) and not os.path.exists(full):
                 severity = SEVERITY_ERROR if is_image_extension(_ext(n)) else SEVERITY_WARNING
                 skipped.append((full, f"broken symbolic link → {os.readlink(full)!r}; not read", severity))
-            elif not io.is_tmp(full):
+            elif io.is_tmp(full):
+                continue
+            elif (what := _not_regular(full)) is not None:
+                # opening a named pipe blocks until something writes to it: the job would hang
+                severity = SEVERITY_ERROR if is_image_extension(_ext(n)) else SEVERITY_WARNING
+                skipped.append((full, f"{what}, not a regular file; not read", severity))
+            else:
                 files.append(full)
     return sorted(files), sorted(skipped)
+
+
+def _not_regular(path: str) -> str | None:
+    """What a file that is no regular file is (through links), or ``None`` for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # gone or unreadable: reading it reports why
+    if stat.S_ISREG(mode):
+        return None
+    kinds = (
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+    )
+    kinds += ((stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    return next((w for test, w in kinds if test(mode)), "a special file")
 
 
 @dataclass(frozen=True)
@@ -293,12 +319,42 @@ class FolderSource(Source):
                                 )
                             )
                             continue
-                        file, text = item[1][m.file_column], item[1][m.text_column]
+                        i, row = item
+                        file, text = row[m.file_column], row[m.text_column]
+                        at = (
+                            f"line {i + 1}"
+                            if m.uri.lower().endswith((".jsonl", ".ndjson"))
+                            else f"record {i + 1}"
+                        )
                         if not isinstance(file, str) or not file:
+                            problems.append(
+                                Failure(
+                                    key="",
+                                    stage=STAGE,
+                                    uri=m.uri,
+                                    severity=SEVERITY_WARNING,
+                                    member=f"row:{i}",
+                                    reason=f"{name}, {at}: {m.file_column} is {file!r}, not a file name; "
+                                    "its caption was not used",
+                                )
+                            )
                             continue
+                        if text is None:
+                            continue  # no caption for this file: as if it were not listed
                         rel = posixpath.normpath(posixpath.join(folder, file))
                         if rel in captions:
-                            continue  # the first caption of a file wins, as for keys
+                            # the first caption of a file wins, as for keys; the others are named
+                            problems.append(
+                                Failure(
+                                    key=_stem(rel),
+                                    stage=STAGE,
+                                    uri=m.uri,
+                                    severity=SEVERITY_WARNING,
+                                    member=f"row:{i}",
+                                    reason=f"{name}, {at}: a second caption for {file!r}; the first was kept",
+                                )
+                            )
+                            continue
                         if rel not in images:
                             problems.append(
                                 Failure(
@@ -311,7 +367,7 @@ class FolderSource(Source):
                                 )
                             )
                             continue
-                        captions[rel] = "" if text is None else str(text).strip()
+                        captions[rel] = str(text).strip()
                 except TableUnreadable as e:
                     problems.append(
                         Failure(key="", stage=STAGE, uri=m.uri, reason=f"{name} cannot be read: {e.reason}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io as _pyio
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,8 @@ class BadRow:
     reason: str
 
 
+_ESCAPED = re.compile("[\udc80-\udcff]")  # a byte that was not UTF-8, escaped by surrogateescape
+_BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark
 TABLE_SUFFIXES = (".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".csv", ".tsv")
 
 
@@ -73,18 +76,25 @@ def table_format(uri: str) -> str:
 def _json_layout(uri: str) -> str:
     try:
         with io.open_file(uri, "rb") as f:
-            first = f.readline(1 << 20)
+            first = f.readline()  # whole: a cut line would not parse and pass for a document
     except OSError:
         return "jsonl"  # reported when it is read
-    head = first.lstrip()
+    head = first.removeprefix(_BOM).lstrip()
     if head.startswith(b"["):
         return "json"
     if head.startswith(b"{"):
         try:
-            json.loads(first)
+            json.loads(head)
         except ValueError:
             return "json"  # an object over several lines: a document
     return "jsonl"
+
+
+def _lines(f: Any) -> Iterator[bytes]:
+    """The lines of a binary file, the first without a byte-order mark (Windows tools such as
+    Notepad start UTF-8 files with one)."""
+    for n, raw in enumerate(f):
+        yield raw.removeprefix(_BOM) if n == 0 else raw
 
 
 def _text(raw: bytes, line: int) -> str:
@@ -113,7 +123,7 @@ def _document(uri: str) -> list[Any]:
     """The records of a JSON document (read whole: manifests are small)."""
     try:
         with io.open_file(uri, "rb") as f:
-            value = json.loads(f.read().decode("utf-8"))
+            value = json.loads(f.read().decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise TableUnreadable(f"not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
@@ -132,22 +142,27 @@ def _document(uri: str) -> list[Any]:
 
 
 def _csv_lines(uri: str) -> Iterator[tuple[int, list[str] | str]]:
-    """(line number, fields or why the record did not parse) per CSV record; the header first."""
+    """(line number, fields or why the record did not parse) per CSV record; the header first.
+
+    Bytes that are not UTF-8 cost only their record: they are decoded as escapes (surrogateescape)
+    and the record that holds one is reported, so the records after it are still read."""
     delimiter = "\t" if uri.lower().endswith(".tsv") else ","
     with io.open_file(uri, "rb") as f:
-        text = _pyio.TextIOWrapper(f, encoding="utf-8", errors="strict", newline="")
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is no part of the first column's name
+        text = _pyio.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
         reader = csv.reader(text, delimiter=delimiter)
         while True:
             try:
                 fields = next(reader)
             except StopIteration:
                 return
-            except UnicodeDecodeError as e:
-                raise TableUnreadable(
-                    f"not UTF-8 text near line {reader.line_num + 1} (byte {e.start})"
-                ) from None
             except csv.Error as e:
                 yield reader.line_num, f"line {reader.line_num}: {e}"
+                continue
+            bad = next((m for m in map(_ESCAPED.search, fields) if m), None)
+            if bad is not None:
+                byte = bytes([ord(bad.group()) - 0xDC00])
+                yield reader.line_num, f"line {reader.line_num} is not valid UTF-8 (byte {byte!r})"
                 continue
             yield reader.line_num, fields
 
@@ -173,7 +188,7 @@ def read_schema(uri: str) -> tuple[list[str], dict[str, Any]]:
     elif fmt == "jsonl":
         first_problem, good, bad = "", 0, 0
         with io.open_file(uri, "rb") as f:
-            for n, raw in enumerate(f, 1):
+            for n, raw in enumerate(_lines(f), 1):
                 if n > SCHEMA_LINES:
                     break
                 if not raw.strip():
@@ -236,7 +251,7 @@ def iter_rows(
         return
     if fmt == "jsonl":
         with io.open_file(uri, "rb") as f:
-            for i, raw in enumerate(f):
+            for i, raw in enumerate(_lines(f)):
                 if stop is not None and i >= stop:
                     return
                 if i < start or not raw.strip():

@@ -21,7 +21,7 @@ from recaption.readers.base import (
     Sample,
     Source,
 )
-from recaption.readers.common import caption_from_bytes, parse_json_sidecar, read_tar_shard
+from recaption.readers.common import caption_from_bytes, parse_json_sidecar, read_tar_shard, skipped_failures
 from recaption.readers.fetch import WindowReader
 from recaption.readers.refs import RefError
 from recaption.readers.tar import TarGroup, split_key
@@ -67,6 +67,8 @@ class SamSource(Source):
     images: tuple[str, ...] = ()
     shard_size: int = 1000
     captions_dir: str | None = None
+    # (file, reason, severity) for the folder's other files and links: reported by shard 0
+    skipped: tuple[tuple[str, str, str], ...] = ()
     kind = "sam"
 
     def shards(self) -> list[InputShard]:
@@ -87,6 +89,8 @@ class SamSource(Source):
         caption_from_bytes(sample, raw, f"caption file {url!r}")
 
     def read_shard(self, shard: InputShard) -> Iterator[Sample | Failure]:
+        if shard.index == 0:
+            yield from skipped_failures(self.root, self.skipped, STAGE)
         if shard.files:
             yield from self._read_folder_chunk(shard)
             return

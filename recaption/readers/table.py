@@ -149,6 +149,10 @@ class TableSource(Source):
 
         try:
             names, _ = read_schema(shard.uri)
+            if not names:
+                # an empty file (or blank lines only) has no columns: it holds nothing, it lacks nothing
+                yield shard_failure(shard, STAGE, f"{name} holds no rows (empty file)", severity="warning")
+                return
             cols = self._columns(names)
             absent = [
                 c for c in (self.text_column, self.image_column, self.key_column) if c and c not in names

@@ -17,7 +17,13 @@ from recaption.readers.base import (
     Sample,
     Source,
 )
-from recaption.readers.common import caption_from_bytes, json_safe, parse_json_sidecar, read_tar_shard
+from recaption.readers.common import (
+    caption_from_bytes,
+    json_safe,
+    parse_json_sidecar,
+    read_tar_shard,
+    skipped_failures,
+)
 from recaption.readers.tar import TarGroup
 
 STAGE = "read"
@@ -29,6 +35,8 @@ class WebDatasetSource(Source):
 
     root: str
     tars: tuple[str, ...]
+    # (file, reason, severity) for the folder's other files and links: reported by shard 0
+    skipped: tuple[tuple[str, str, str], ...] = ()
     kind = "webdataset"
 
     def shards(self) -> list[InputShard]:
@@ -75,4 +83,6 @@ class WebDatasetSource(Source):
         return sample
 
     def read_shard(self, shard: InputShard) -> Iterator[Sample | Failure]:
-        return read_tar_shard(shard, lambda group: self._sample(shard, group), STAGE)
+        if shard.index == 0:
+            yield from skipped_failures(self.root, self.skipped, STAGE)
+        yield from read_tar_shard(shard, lambda group: self._sample(shard, group), STAGE)

@@ -17,14 +17,22 @@ def run_stage(
     ray: RayOptions | None = None,
     progress: bool | None = None,
 ) -> RunSummary:
-    """Run ``stage`` into ``output`` with the ``"local"`` or ``"ray"`` executor."""
-    from recaption.errors import ConfigError
+    """Run ``stage`` into ``output`` with the ``"local"``, ``"ray"`` or ``"auto"`` executor
+    (``auto``: see :mod:`recaption.runner.auto`)."""
+    from recaption.runner.auto import choose_executor, pending_shards
+    from recaption.runner.base import log
 
+    ray = ray or RayOptions()
+    if executor == "auto":
+        executor, why = choose_executor(
+            "auto", pending=[pending_shards(stage, output)], address=ray.address, workers=ray.num_workers
+        )
+        log.info("[%s] executor %s: %s", stage.name, executor, why)
+    else:
+        executor, _ = choose_executor(executor, pending=[])
     if executor == "local":
         return run_local(stage, output, progress=progress)
-    if executor == "ray":
-        return run_ray(stage, output, ray or RayOptions(), progress=progress)
-    raise ConfigError("--executor", executor, ("local", "ray"))
+    return run_ray(stage, output, ray, progress=progress)
 
 
 __all__ = [

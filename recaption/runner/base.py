@@ -6,13 +6,15 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from recaption import __version__, io
 from recaption.errors import RecaptionError
+from recaption.quality import stage_quality
 from recaption.readers.base import InputShard
-from recaption.shards.layout import StageDir
+from recaption.shards.layout import PART_RE, StageDir
 from recaption.shards.writer import ShardOutput
 from recaption.stage import Stage
 
@@ -44,7 +46,10 @@ def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[st
 def prepare_output(stage: Stage, output: str, shards: list[InputShard]) -> StageDir:
     """Create the output folder, or check that a rerun matches the configuration it was made with.
 
-    Also removes temporary files a crashed run left behind (one driver per output folder).
+    The caller holds the folder's lease (:mod:`recaption.shards.lease`), so nothing else writes
+    here: what a killed run left behind (temporary files in every folder of the stage, progress
+    markers, unfinished shards' files, incomplete multipart uploads) is swept, and finished shards
+    whose input changed since are marked unfinished, to be redone.
     """
     sd = StageDir(output)
     io.makedirs(output)
@@ -66,7 +71,7 @@ def prepare_output(stage: Stage, output: str, shards: list[InputShard]) -> Stage
             log.info(
                 "%s: no finished shards; recording the new configuration (%s)", output, "; ".join(changes)
             )
-            for url in sd.data_files():
+            for url in sd.present_part_files():
                 io.remove(url)
             io.write_text_atomic(
                 sd.stage_file,
@@ -83,19 +88,81 @@ def prepare_output(stage: Stage, output: str, shards: list[InputShard]) -> Stage
         io.write_text_atomic(
             sd.stage_file, json.dumps({**record, "recaption_version": __version__}, indent=1, sort_keys=True)
         )
-    for folder in (output, io.join(output, "_failures"), io.join(output, "_stats")):
-        for url in io.listdir(folder):
-            if io.is_tmp(url):
-                io.remove(url)
+    write_dataset_card(output)
+    sweep_leftovers(sd)
+    redo_changed_inputs(sd, shards)
     return sd
 
 
+def sweep_leftovers(sd: StageDir) -> None:
+    """Remove what unfinished attempts left in any folder of the stage; abort their uploads."""
+    done = sd.done_indices()
+    for url in io.walk_files(sd.url):
+        name = io.basename(url)
+        rel = url[len(sd.url) :].lstrip("/")
+        if io.is_tmp(url) or rel.startswith("_progress/"):
+            io.remove(url)
+        elif "/" not in rel and (m := PART_RE.match(name)) and int(m.group(1)) not in done:
+            # data written straight to its final name (object stores) by an attempt that never
+            # committed: no reader believes it, but tools reading the folder wholesale would
+            io.remove(url)
+    for key in io.abort_uploads(sd.url):
+        log.info("%s: aborted an incomplete upload a killed run left (%s)", sd.url, key)
+
+
+def redo_changed_inputs(sd: StageDir, shards: list[InputShard]) -> set[int]:
+    """Unmark finished shards whose input files changed since they were made; returns them."""
+    from recaption.shards.identity import changed_shards
+
+    recorded = {int(s["shard"]): s["input_identity"] for s in sd.read_stats() if s.get("input_identity")}
+    if not recorded:
+        return set()
+    changed, vanished = changed_shards(recorded, {s.index: s for s in shards})
+    for i, why in vanished.items():
+        log.warning("%s: shard %d was made from input that vanished: %s; its output is kept", sd.url, i, why)
+    for i, why in changed.items():
+        log.warning("%s: shard %d's input changed since it was made: %s; redoing it", sd.url, i, why)
+        unmark(sd, i)
+    return set(changed)
+
+
+def unmark(sd: StageDir, index: int) -> None:
+    """Make a finished shard unfinished (its stats file removed first: nothing believes it after)."""
+    io.remove(sd.stats(index))
+
+
+HF_CONFIG_FILE = ".huggingface.yaml"
+DATASET_CONFIG = """\
+# Written by recaption for Hugging Face `datasets`: the rows are the data shards only; the `_`
+# folders (failure manifests, stats, side outputs) are the run's bookkeeping.
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: "part-*.parquet"
+"""
+
+
+def write_dataset_card(output: str) -> None:
+    """``.huggingface.yaml`` naming the data files, so ``datasets.load_dataset(output)`` reads
+    ``part-*.parquet`` and not the failure manifests. Hidden, unlike a ``README.md`` card, so that
+    ``pandas.read_parquet(output)`` (which skips ``.``/``_`` names only) still reads the folder."""
+    url = io.join(output, HF_CONFIG_FILE)
+    if not io.exists(url):
+        io.write_text_atomic(url, DATASET_CONFIG)
+
+
 def run_shard(
-    stage: Stage, shard: InputShard, output: str, extra: dict[str, Any] | None = None
+    stage: Stage,
+    shard: InputShard,
+    output: str,
+    extra: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Process one shard and commit it; on any error nothing becomes visible.
 
-    ``extra`` goes into the shard's stats file (e.g. which worker did it).
+    ``extra`` goes into the shard's stats file (e.g. which worker did it); ``progress`` is told
+    the samples done as the stage reports them (``ShardOutput.progress``).
     """
     sd = StageDir(output)
     out: ShardOutput | None = None
@@ -110,6 +177,11 @@ def run_shard(
             writer_options=stage.parquet_options(),
             size_policy=stage.size_policy(),
         )
+        out.on_progress = progress
+        from recaption.shards.identity import shard_identity
+
+        # Before reading: a file replaced while being read then differs on the next run.
+        out.input_identity = shard_identity(shard)
         stats = stage.process_shard(shard, out) or {}
         return out.commit({**stats, **(extra or {})})
     except BaseException:
@@ -149,6 +221,16 @@ class RunSummary:
     def ok(self) -> bool:
         return not self.failed
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """The stage's own counters (``captioned``, ``length_limited``...) summed over the shards
+        done now."""
+        out: dict[str, int] = {}
+        for s in self.done:
+            for k, v in (s.get("counters") or {}).items():
+                out[k] = out.get(k, 0) + int(v)
+        return dict(sorted(out.items()))
+
     def error_reasons(self, kind: str = "error") -> dict[str, int]:
         """Reasons by count over the shards done now (``kind="warning"``: the warnings')."""
         out: dict[str, int] = {}
@@ -173,6 +255,9 @@ class RunSummary:
             "warnings": self.warnings,
             "error_reasons": self.error_reasons(),
             "warning_reasons": self.error_reasons("warning"),
+            "counters": self.counters,
+            # finish reasons, repetition, prompt fallbacks, T5 truncation (None: not a caption stage)
+            "quality": stage_quality(self.stage, self.counters, errors=self.errors),
             "seconds": round(self.seconds, 3),
             "rows_per_second": round(rate, 3),
         }

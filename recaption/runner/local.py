@@ -6,12 +6,24 @@ import time
 import traceback
 
 from recaption.runner.base import RunSummary, log, prepare_output, run_shard
-from recaption.runner.progress import Progress
+from recaption.runner.progress import ProgressGroup
 from recaption.stage import Stage
 
 
-def run_local(stage: Stage, output: str, *, progress: bool | None = None) -> RunSummary:
-    """Process every unfinished shard of ``stage`` into ``output``, in this process."""
+def run_local(stage: Stage, output: str, *, progress: bool | ProgressGroup | None = None) -> RunSummary:
+    """Process every unfinished shard of ``stage`` into ``output``, in this process.
+
+    ``progress``: rich bars or log lines (``None``: bars in a terminal), or the
+    :class:`ProgressGroup` of a run of several stages. Holds the output folder's lease throughout
+    (refused at once if another run holds it).
+    """
+    from recaption.shards.lease import hold
+
+    with hold(output, command=stage.name) as leases:
+        return _run_local(stage, output, leases, progress)
+
+
+def _run_local(stage: Stage, output: str, leases: list, progress: bool | ProgressGroup | None) -> RunSummary:
     shards = stage.shards()
     sd = prepare_output(stage, output, shards)
     done = sd.done_indices()
@@ -19,15 +31,19 @@ def run_local(stage: Stage, output: str, *, progress: bool | None = None) -> Run
     summary = RunSummary(
         stage=stage.name, output=output, total_shards=len(shards), skipped=len(shards) - len(pending)
     )
-    bar = Progress(stage.name, len(shards), summary.skipped, progress)
+    group = progress if isinstance(progress, ProgressGroup) else ProgressGroup(progress)
+    bar = group.stage(stage.name, len(shards), summary.skipped, pending)
     t0 = time.time()
     try:
         if pending:
             stage.setup()
             summary.workers = 1
         for shard in pending:
+            for lease in leases:
+                lease.check()
+            bar.shard_started(shard.index)
             try:
-                stats = run_shard(stage, shard, output)
+                stats = run_shard(stage, shard, output, progress=lambda n, i=shard.index: bar.advance(i, n))
             except KeyboardInterrupt:
                 raise
             except Exception as e:

@@ -21,7 +21,7 @@ from typing import Any
 
 from recaption.errors import ConfigError, RecaptionError, WorkerFault
 from recaption.readers.base import InputShard
-from recaption.runner.base import RunSummary, log, prepare_output, run_shard
+from recaption.runner.base import RunSummary, log, prepare_output, run_shard, unmark
 from recaption.runner.progress import ProgressGroup, StageProgress
 from recaption.stage import Resources, Stage
 
@@ -52,22 +52,77 @@ class StageWorker:
         self.stage.setup()
         return {"host": socket.gethostname(), "pid": os.getpid()}
 
-    def process(self, shard: dict[str, Any], output: str) -> dict[str, Any]:
+    def process(self, shard: dict[str, Any], output: str, progress: Any = None) -> dict[str, Any]:
+        """Process and commit one shard; ``progress`` is ``(sink actor, stage number)``, told the
+        samples done as the stage reports them (see :class:`ProgressSink`)."""
         import socket
 
         worker = f"{socket.gethostname()}:{os.getpid()}"
+        s = InputShard.from_dict(shard)
+        report = _Reporter(progress[0], progress[1], s.index) if progress is not None else None
         try:
-            return run_shard(self.stage, InputShard.from_dict(shard), output, extra={"worker": worker})
+            return run_shard(self.stage, s, output, extra={"worker": worker}, progress=report)
         except WorkerFault as e:
             # This process is broken (a CUDA fault poisons its context): it must take no other shard.
             # Exiting makes the driver see a dead actor and redo the shard on a fresh one.
-            log.error(
-                "worker %s stops: %s (shard %s is retried on a fresh worker)", worker, e, shard.get("index")
-            )
+            log.error("worker %s stops: %s (shard %s is retried on a fresh worker)", worker, e, s.index)
             os._exit(WORKER_FAULT_EXIT_CODE)
 
     def teardown(self) -> None:
         self.stage.teardown()
+
+
+class ProgressSink:
+    """A tiny actor the workers tell how many samples of their shard are done; the driver takes
+    the counts every second or so for its progress display (stages know nothing of it)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[int, int], int] = {}
+
+    def add(self, stage: int, shard: int, n: int) -> None:
+        self.counts[(stage, shard)] = self.counts.get((stage, shard), 0) + n
+
+    def take(self) -> list[tuple[int, int, int]]:
+        out = [(st, sh, n) for (st, sh), n in self.counts.items()]
+        self.counts = {}
+        return out
+
+
+class _Reporter:
+    """In a worker: forwards a shard's progress to the sink, at most once a second (one small
+    fire-and-forget call; the rest is summed locally, and the shard's stats settle the count)."""
+
+    def __init__(self, sink: Any, stage: int, shard: int, every: float = 1.0) -> None:
+        self.sink, self.stage, self.shard, self.every = sink, stage, shard, every
+        self.pending = 0
+        self.last = 0.0
+
+    def __call__(self, n: int) -> None:
+        self.pending += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            with contextlib.suppress(Exception):  # progress is for people: it never fails a shard
+                self.sink.add.remote(self.stage, self.shard, self.pending)
+            self.pending, self.last = 0, now
+
+
+def _quiet_embedded_token_notice() -> None:
+    """Drop Ray's "Token authentication is enabled for this Ray cluster" warning: for a Ray that
+    lives inside this command and ends with it, there is nothing for the user to do (token
+    authentication stays on; only the notice goes)."""
+    import logging
+
+    name = "ray._private.authentication.authentication_token_setup"
+    target = logging.getLogger(name)
+    if not any(getattr(f, "recaption", False) for f in target.filters):
+
+        class _Filter(logging.Filter):
+            recaption = True
+
+            def filter(self, record: logging.LogRecord) -> bool:
+                return not str(record.msg).startswith("Token authentication is enabled")
+
+        target.addFilter(_Filter())
 
 
 def ensure_ray(options: RayOptions) -> bool:
@@ -93,13 +148,105 @@ def ensure_ray(options: RayOptions) -> bool:
         if options.num_cpus is not None:
             kwargs["num_cpus"] = options.num_cpus
         # "local": a new Ray inside this process, never a cluster that `ray start` left on this machine.
-        ray.init(address="local", **kwargs)
+        _quiet_embedded_token_notice()
+        before = _child_pids()
+        with _loopback_only(kwargs):
+            ray.init(address="local", **kwargs)
+        _reap_with_this_process(_child_pids() - before)
     if callable(sigterm_before):
         # ray.init installs its own SIGTERM handler in the driver (a stack dump, then exit). Put
         # back the one the program had: the CLI's stops a run as Ctrl-C does, actors killed,
         # unfinished shards dropped and finished ones kept for the rerun.
         signal.signal(signal.SIGTERM, sigterm_before)
     return True
+
+
+_REAPER_CODE = """
+import os, sys, signal, psutil
+pids = [int(p) for p in sys.argv[1:]]
+procs = []
+for pid in pids:
+    try:
+        procs.append(psutil.Process(pid))
+    except psutil.Error:
+        pass
+sys.stdin.read()  # returns when the driver's end of the pipe closes: it exited or was killed
+for p in procs:
+    try:
+        if p.is_running():  # same pid and start time: never a process that reused the pid
+            p.kill()
+    except psutil.Error:
+        pass
+"""
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _reap_with_this_process(ray_pids: set[int]) -> None:
+    """The processes an embedded Ray started (``ray_pids``: this process's children that
+    ``ray.init`` added, never others it has) die with this one, even when it is killed (-9).
+
+    Ray's own agents notice a dead driver only after their calls to the (dead) GCS time out, a
+    minute or more later. A small watcher holds a pipe from this process; when the pipe closes it
+    kills those processes (each checked by start time, so never a reused pid).
+    """
+    import subprocess
+    import sys
+
+    children = sorted(ray_pids)
+    if not children:
+        return
+    _REAPER["proc"] = subprocess.Popen(
+        [sys.executable, "-c", _REAPER_CODE, *map(str, children)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the driver's group must not stop it first
+    )
+
+
+_REAPER: dict[str, Any] = {"proc": None}  # the watcher of this process's embedded Ray
+
+
+def _release_reaper() -> None:
+    """After ``ray.shutdown()``: let the watcher kill any straggler now, and exit."""
+    proc = _REAPER.pop("proc", None)
+    _REAPER["proc"] = None
+    if proc is not None:
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def _loopback_only(kwargs: dict[str, Any]) -> Any:
+    """Make an embedded Ray listen on loopback only: its GCS, raylet, workers and agents bind to
+    the node address, and nothing outside this machine has any business with them (their metrics
+    ports answer without authentication).
+
+    ``ray.init`` deliberately replaces a loopback ``_node_ip_address`` with the host's external
+    address (it expects other nodes to join); an embedded Ray has none, so that replacement is
+    skipped while it starts. Where Ray lacks the hook (another version), it starts as before.
+    """
+    try:
+        from ray._private import services
+    except ImportError:  # pragma: no cover - a Ray without the module: nothing to adjust
+        yield
+        return
+    if not hasattr(services, "resolve_ip_for_localhost") or "_node_ip_address" in kwargs:
+        yield
+        return
+    kwargs["_node_ip_address"] = "127.0.0.1"
+    original = services.resolve_ip_for_localhost
+    services.resolve_ip_for_localhost = lambda host: host  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        services.resolve_ip_for_localhost = original  # type: ignore[assignment]
 
 
 @dataclass
@@ -152,20 +299,39 @@ def _capacity(res: Resources, cluster: dict[str, float], name: str) -> int:
 
 
 def run_graph_ray(
-    specs: list[StageSpec], options: RayOptions, *, progress: bool | None = None
+    specs: list[StageSpec], options: RayOptions, *, progress: bool | ProgressGroup | None = None
 ) -> list[RunSummary]:
     """Run several stages at once on Ray; stage B's shard i starts as soon as its upstream shard i is done.
 
     Returns one :class:`RunSummary` per spec. A shard whose upstream shard failed is reported as
-    failed ("upstream shard failed") and not attempted.
+    failed ("upstream shard failed") and not attempted. The driver holds every output folder's
+    lease throughout (refused at once if another run holds one).
     """
+    from recaption.shards.lease import hold
+
+    with hold([s.output for s in specs], command="+".join(s.stage.name for s in specs)) as leases:
+        return _run_graph_ray(specs, options, leases, progress)
+
+
+def _run_graph_ray(
+    specs: list[StageSpec], options: RayOptions, leases: list[Any], progress: bool | ProgressGroup | None
+) -> list[RunSummary]:
     t0 = time.time()
     states: list[_State] = []
-    group = ProgressGroup(progress)
+    group = progress if isinstance(progress, ProgressGroup) else ProgressGroup(progress)
     for spec in specs:
         shards = spec.stage.shards()
         sd = prepare_output(spec.stage, spec.output, shards)
         done = sd.done_indices() & {s.index for s in shards}
+        if spec.after is not None:
+            # A shard redone upstream (its input changed) is redone here too, even where this
+            # stage's recorded input still matches: the upstream file is about to be rewritten.
+            for idx in sorted(set(states[spec.after].pending) & done):
+                log.info(
+                    "[%s] shard %d: its upstream shard is being redone; redoing it too", spec.stage.name, idx
+                )
+                unmark(sd, idx)
+                done.discard(idx)
         summary = RunSummary(
             stage=spec.stage.name, output=spec.output, total_shards=len(shards), skipped=len(done)
         )
@@ -176,7 +342,9 @@ def run_graph_ray(
                 pending=[s.index for s in shards if s.index not in done],
                 done=set(done),
                 summary=summary,
-                bar=group.stage(spec.stage.name, len(shards), len(done)),
+                bar=group.stage(
+                    spec.stage.name, len(shards), len(done), [s for s in shards if s.index not in done]
+                ),
             )
         )
     if not any(st.pending for st in states):
@@ -191,6 +359,21 @@ def run_graph_ray(
     started = ensure_ray(options)
     cluster = ray.cluster_resources()
     remote_cls: Any = ray.remote(StageWorker)
+    # No CPU of its own: it only sums counts. Progress is best effort: without it, shards still count.
+    sink: Any = None
+    with contextlib.suppress(Exception):
+        sink = ray.remote(num_cpus=0)(ProgressSink).remote()
+    last_poll = time.monotonic()
+
+    def poll_progress(force: bool = False) -> None:
+        nonlocal last_poll
+        if sink is None or (not force and time.monotonic() - last_poll < 1.0):
+            return
+        last_poll = time.monotonic()
+        with contextlib.suppress(Exception):
+            for i, idx, n in ray.get(sink.take.remote(), timeout=10):
+                states[i].bar.advance(idx, n)
+
     # ref -> (kind, state index, actor, shard index)
     waiting: dict[Any, tuple[str, int, Any, int]] = {}
 
@@ -276,7 +459,9 @@ def run_graph_ray(
                 actor, idx = st.idle.pop(), ready.pop(0)
                 st.pending.remove(idx)
                 st.running += 1
-                ref = actor.process.remote(st.shards[idx].to_dict(), st.spec.output)
+                st.bar.shard_started(idx)
+                report = (sink, i) if sink is not None else None
+                ref = actor.process.remote(st.shards[idx].to_dict(), st.spec.output, report)
                 waiting[ref] = ("shard", i, actor, idx)
             want = wanted_workers(st, len(ready))
             while len(st.actors) < want:
@@ -313,7 +498,10 @@ def run_graph_ray(
     try:
         dispatch()
         while waiting:
-            ready_refs, _ = ray.wait(list(waiting), num_returns=1, timeout=5.0)
+            for lease in leases:
+                lease.check()
+            ready_refs, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0)
+            poll_progress()
             if not ready_refs:
                 release_idle_downstream()
                 continue
@@ -363,12 +551,14 @@ def run_graph_ray(
                         st.actors.remove(actor)
                     with contextlib.suppress(Exception):
                         ray.kill(actor)
+                    st.bar.shard_retried(idx)
                     if attempts <= options.max_retries:
                         st.pending.insert(0, idx)
                     else:
                         st.summary.failed[idx] = f"worker died {attempts} times; last: {e}"
                         st.bar.shard_failed(idx, st.summary.failed[idx])
                 else:
+                    poll_progress(force=True)  # counts sent before the shard's end, then its total
                     st.done.add(idx)
                     st.summary.done.append(stats)
                     st.bar.shard_done(stats)
@@ -384,11 +574,17 @@ def run_graph_ray(
                     ray.kill(a)
             if not st.summary.seconds:
                 st.summary.seconds = time.time() - t0
+        if sink is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(sink)
         if started:
             ray.shutdown()
+            _release_reaper()
     return [st.summary for st in states]
 
 
-def run_ray(stage: Stage, output: str, options: RayOptions, *, progress: bool | None = None) -> RunSummary:
+def run_ray(
+    stage: Stage, output: str, options: RayOptions, *, progress: bool | ProgressGroup | None = None
+) -> RunSummary:
     """Process every unfinished shard of ``stage`` on Ray actors."""
     return run_graph_ray([StageSpec(stage=stage, output=output)], options, progress=progress)[0]

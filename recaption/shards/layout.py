@@ -7,12 +7,16 @@
       part-00000.parquet           data of input shard 0 (or part-00000-000.parquet,
                                    part-00000-001.parquet... when a size target splits it)
       _failures/part-00000.parquet failure manifest rows of shard 0 (errors and warnings)
-      _stats/part-00000.json       written last: shard 0 is complete
+      _stats/part-00000.json       written last: shard 0 is complete (lists its data files)
       _<side>/part-00000.<ext>     side outputs of a stage (e.g. per-shard noun counts)
+      _progress/part-00000.json    while shard 0 is being written (removed at commit)
+      _lease.json                  while a run writes here (one writer per folder)
+      .huggingface.yaml            tells Hugging Face ``datasets`` the rows are ``part-*.parquet``
 
 Names starting with ``_`` or ``.`` are ignored by pyarrow/pandas/polars/duckdb dataset discovery,
-so ``pandas.read_parquet(OUTPUT)`` reads the data shards alone. Temporary files are hidden
-(``.part-00000.parquet.tmp-…``) and renamed into place when complete.
+so ``pandas.read_parquet(OUTPUT)`` reads the data shards alone. Temporary files (local disk only)
+are hidden (``.part-00000.parquet.tmp-…``) and renamed into place when complete. A shard's stats
+file is the only proof that it is complete: readers here open only the files it lists.
 """
 
 from __future__ import annotations
@@ -64,6 +68,10 @@ class StageDir:
     def stats(self, index: int) -> str:
         return io.join(self.url, "_stats", part_name(index, "json"))
 
+    def progress(self, index: int) -> str:
+        """``_progress/part-i.json``: shard ``index`` is being written (for ``recaption status``)."""
+        return io.join(self.url, "_progress", part_name(index, "json"))
+
     def side(self, name: str, index: int, ext: str = "parquet") -> str:
         return io.join(self.url, f"_{name}", part_name(index, ext))
 
@@ -83,7 +91,17 @@ class StageDir:
     def is_done(self, index: int) -> bool:
         return io.exists(self.stats(index))
 
+    def committed_files(self, stats: dict[str, Any]) -> list[str]:
+        """The data files a shard's stats file lists (older stats without a list: ``part-i``)."""
+        names = stats.get("files") or [part_name(int(stats.get("shard", 0)))]
+        return [io.join(self.url, n) for n in names]
+
     def data_files(self) -> list[str]:
+        """The data files of every finished shard, in shard order: only what stats files list."""
+        return [u for s in self.read_stats() for u in self.committed_files(s)]
+
+    def present_part_files(self) -> list[str]:
+        """Every ``part-*`` file present, finished or not (for clean-up, never for reading)."""
         return [u for u in io.listdir(self.url) if PART_RE.match(io.basename(u)) and u.endswith(".parquet")]
 
     def read_stats(self) -> list[dict[str, Any]]:

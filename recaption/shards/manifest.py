@@ -68,10 +68,14 @@ def read_failures(stage_url: str) -> Any:
     import pandas as pd
     import pyarrow.parquet as pq
 
+    from recaption.shards.layout import PART_RE, StageDir
+
     folder = io.join(stage_url, "_failures")
+    done = StageDir(stage_url).done_indices()  # only shards whose stats marker says complete
     tables = []
     for url in io.listdir(folder):
-        if url.endswith(".parquet") and not io.is_tmp(url):
+        m = PART_RE.match(io.basename(url))
+        if url.endswith(".parquet") and not io.is_tmp(url) and m and int(m.group(1)) in done:
             with io.open_file(url, "rb") as f:
                 tables.append(pq.read_table(f))
     if not tables:

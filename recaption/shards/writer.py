@@ -1,15 +1,27 @@
-"""Writing one output shard: streamed to a hidden temporary file, renamed when complete.
+"""Writing one output shard, and the commit protocol that makes it visible.
 
-Commit order is data, then the failure manifest, then side outputs, then the stats file. The
-stats file is the completion marker: a shard without one is redone from the start by a rerun, and
-its temporary files are never mistaken for output. With a :class:`~recaption.shards.size.ShardSizePolicy`
-of ``split="files"`` a shard's rows go to several files (``part-{i:05d}-{j:03d}.parquet``), all
-renamed at commit.
+Commit order is data, then the failure manifest, then side outputs, then the stats file. The stats
+file (``_stats/part-i.json``) is the completion marker and the only thing that makes a shard
+visible: it lists the shard's data files, and every reader of stage output (the downstream
+stages, ``status``, the analysis, PixArt's Dataset, the nouns merge) believes only shards that have
+one. A shard without one is redone from the start by a rerun.
+
+How each file is written depends on the filesystem (:func:`recaption.io.open_output`): on local
+disk a hidden temporary file renamed into place at commit, so even tools that ignore the marker
+(``pandas.read_parquet(OUTPUT)``) never see half a file; on an object store the final name
+directly (a rename there is a copy plus a delete), completed as one PUT or one multipart upload,
+aborted on failure. While a shard is being written ``_progress/part-i.json`` says so (for
+``recaption status``); it is removed after the marker is written. With a
+:class:`~recaption.shards.size.ShardSizePolicy` of ``split="files"`` a shard's rows go to several
+files (``part-{i:05d}-{j:03d}.parquet``), all listed in its marker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import time
 from collections import Counter
 from typing import Any
@@ -36,6 +48,14 @@ def write_parquet_atomic(
 
 class ShardOutput:
     """Collects one shard's rows, failures and counters; :meth:`commit` makes them visible."""
+
+    #: Set by the runner: told how many more input samples are done (see :meth:`progress`).
+    on_progress: Any = None
+
+    def progress(self, n: int) -> None:
+        """A stage calls this per batch with the samples it finished, for progress within the shard."""
+        if self.on_progress is not None and n:
+            self.on_progress(n)
 
     def __init__(
         self,
@@ -70,15 +90,29 @@ class ShardOutput:
         self.size_policy = size_policy if size_policy is not None and size_policy.limited else None
         self._chunker = Chunker(self.size_policy) if self.size_policy is not None else None
         self._split_files = self.size_policy is not None and self.size_policy.split == "files"
-        self._done_files: list[tuple[str, str]] = []  # (temporary, final) of closed split files
+        # (temporary or None, final, object-store handle or None) of closed split files
+        self._done_files: list[tuple[str | None, str, Any]] = []
         self._target: str | None = None
         self._tmp: str | None = None
+        self._handle: Any = None
         self._file: Any = None
         self._writer: Any = None
         self._started = time.time()
+        self.input_identity: list[dict[str, Any]] | None = None
         # Opened at once, not at the first rows: `recaption status` sees the shard in progress
         # while its first batch is still on the GPU.
         try:
+            io.write_text_atomic(
+                self.stage_dir.progress(shard.index),
+                json.dumps(
+                    {
+                        "shard": shard.index,
+                        "host": socket.gethostname(),
+                        "pid": os.getpid(),
+                        "started": self._started,
+                    }
+                ),
+            )
             self._open()
         except BaseException:  # an interrupt mid-open must not leave the temporary file
             self.abort()
@@ -86,7 +120,6 @@ class ShardOutput:
 
     # -- rows --------------------------------------------------------------------------------
     def _open(self) -> None:
-        import fsspec
         import pyarrow.parquet as pq
 
         target = self.stage_dir.data(
@@ -94,8 +127,7 @@ class ShardOutput:
         )
         io.makedirs(self.stage_dir.url)
         self._target = target
-        self._tmp = io.tmp_name(target)
-        self._file = fsspec.open(self._tmp, "wb").open()
+        self._file, self._tmp, self._handle = io.open_output(target)
         self._writer = pq.ParquetWriter(self._file, self.schema, **self.writer_options)
 
     def write(self, rows: list[dict[str, Any]] | Any) -> None:
@@ -127,12 +159,16 @@ class ShardOutput:
         self.rows += table.num_rows
 
     def _close_file(self) -> None:
-        """Finish the current file under its temporary name (renamed at commit)."""
-        assert self._writer is not None and self._tmp is not None and self._target is not None
+        """Finish the current file: under its temporary name on disk (renamed at commit); on an
+        object store the object is completed now, invisible to readers until the marker lists it."""
+        assert self._writer is not None and self._target is not None
         self._writer.close()
-        self._file.close()
-        self._done_files.append((self._tmp, self._target))
-        self._writer = self._file = self._tmp = self._target = None
+        if self._handle is not None:
+            io.commit_output(self._target, self._file, None, self._handle)
+        else:
+            self._file.close()
+        self._done_files.append((self._tmp, self._target, self._handle))
+        self._writer = self._file = self._tmp = self._target = self._handle = None
 
     # -- failures and counters ---------------------------------------------------------------
     def fail(self, failure: Failure) -> None:
@@ -162,9 +198,10 @@ class ShardOutput:
         # The current file is always open here (opened with the output, reopened at each split),
         # so an empty shard still gets a valid, empty data file.
         self._close_file()
-        files = [final for _, final in self._done_files]
-        for tmp, final in self._done_files:
-            io.rename(tmp, final)
+        files = [final for _, final, _ in self._done_files]
+        for tmp, final, _ in self._done_files:
+            if tmp is not None:
+                io.rename(tmp, final)
         self._done_files = []
         # An earlier, interrupted attempt may have left files this one does not write (another
         # split, or one file where there are now several): they are not part of the shard.
@@ -199,25 +236,35 @@ class ShardOutput:
             "seconds": round(time.time() - self._started, 3),
             "data_bytes": sum(io.size(f) for f in files),
         }
-        if self._split_files:
-            stats["files"] = [io.basename(f) for f in files]
+        # The marker lists the shard's data files: readers open these and nothing else.
+        stats["files"] = [io.basename(f) for f in files]
+        if self.input_identity is not None:
+            stats["input_identity"] = self.input_identity
         if extra:
             stats.update(extra)
         io.write_text_atomic(
             self.stage_dir.stats(self.shard.index), json.dumps(stats, indent=1, sort_keys=True)
         )
+        io.remove(self.stage_dir.progress(self.shard.index))
         return stats
 
     def abort(self) -> None:
-        """Drop the temporary data file (the shard will be redone)."""
-        try:
-            if self._writer is not None:
-                self._writer.close()
-            if self._file is not None:
-                self._file.close()
-        except Exception:
-            pass
-        for tmp in [t for t, _ in self._done_files] + ([self._tmp] if self._tmp else []):
-            io.remove(tmp)
+        """Drop what this attempt wrote (the shard will be redone); nothing becomes visible."""
+        if self._file is not None:
+            if self._handle is not None:
+                # Discard before closing the writer: its footer must not complete the upload.
+                io.abort_output(self._file, None, self._handle)
+                with contextlib.suppress(Exception):
+                    self._writer.close()
+            else:
+                with contextlib.suppress(Exception):
+                    if self._writer is not None:
+                        self._writer.close()
+                io.abort_output(self._file, self._tmp, None)
+        for tmp, final, handle in self._done_files:
+            # a completed object of a split shard is unreferenced without the marker: remove it
+            io.remove(final if handle is not None else tmp)  # type: ignore[arg-type]
         self._done_files = []
-        self._tmp = None
+        self._writer = self._file = self._tmp = self._handle = None
+        with contextlib.suppress(Exception):
+            io.remove(self.stage_dir.progress(self.shard.index))

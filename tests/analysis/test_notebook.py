@@ -60,6 +60,9 @@ def test_notebook_runs_on_a_run(run_dir: Path, tmp_path: Path, monkeypatch: pyte
 
     text = "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
     assert f"{run_dir}: 11 caption rows, 1 without a dense caption" in text
+    # caption quality, from the analysis module the HTML report uses too
+    assert "'captions': 11, 'finish_reasons': {'stop': " in text
+    assert "'error': 1}" in text
     report = json.loads((run_dir / "report" / "nouns.json").read_text())
     cmp = report["comparisons"][0]
     assert f"dense vs raw: {cmp['only_b']:,} nouns gained, {cmp['only_a']:,} lost, {cmp['shared']:,}" in text

@@ -20,7 +20,7 @@ CASES: list[tuple[str, Any, dict[str, str], dict[str, str]]] = [
     (
         "caption",
         CaptionConfig,
-        {"compile_": "compile"},
+        {"compile_": "compile", "image_option": "image_options"},
         {
             "enabled": "pipeline only: which stages run",
             "min_new_tokens": "benchmarks only",
@@ -51,7 +51,12 @@ CASES: list[tuple[str, Any, dict[str, str], dict[str, str]]] = [
 ]
 
 # how a flag's text default is written in the section
-NORMALIZE = {("encode", "fields"): lambda v: [x for x in v.split(",") if x]}
+NORMALIZE = {
+    ("encode", "fields"): lambda v: [x for x in v.split(",") if x],
+    ("caption", "image_options"): lambda v: dict(x.split("=", 1) for x in v),
+    ("encode", "drop_flagged"): lambda v: [x for x in v.split(",") if x],
+    ("caption", "prompt"): lambda v: v[0] if len(v) == 1 else (v or "auto"),
+}
 
 
 @pytest.mark.parametrize(("command", "section", "renames", "no_flag"), CASES, ids=[c[0] for c in CASES])

@@ -33,6 +33,9 @@ CAPTION_VALUES: dict[str, Any] = {
     "image_aspect": "crop",
     "stop_loops": False,
     "trust_remote_code": True,
+    "image_options": {"max_pixels": 64 * 784},
+    "retry_flagged": 2,
+    "retry_temperature": 0.9,
 }
 NOUNS_VALUES: dict[str, Any] = {
     "lemmatize": False,
@@ -62,6 +65,7 @@ ENCODE_VALUES: dict[str, Any] = {
     "batch_rows": 8,
     "max_file_rows": 100,
     "max_file_size": "1GB",
+    "drop_flagged": ["length"],
 }
 
 
@@ -85,7 +89,11 @@ def test_caption_setting_reaches_the_stage(key: str, tmp_path: Path):
     src = open_source(str(tmp_path))
     base = build.caption_stage(CaptionConfig(), src)
     changed = build.caption_stage(CaptionConfig(**{key: CAPTION_VALUES[key]}), src)
-    assert (_state(changed.model), changed.prompt) != (_state(base.model), base.prompt)
+
+    def state(st: Any) -> Any:
+        return (_state(st.model), st.prompt, st.retry_flagged, st.retry_temperature)
+
+    assert state(changed) != state(base)
 
 
 @pytest.mark.parametrize("key", sorted(NOUNS_VALUES))

@@ -30,8 +30,10 @@ def test_readme_starts_with_setup_and_test_commands():
 def test_offline_quick_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wds_source: Path):
     text = (ROOT / "README.md").read_text()
     assert ".venv/bin/recaption tiny-models tiny-models" in text
+    # the examples, no --source: tests/cli/test_demo.py runs it
+    assert ".venv/bin/recaption run pipelines/tiny-offline.yaml  " in text
     assert (
-        ".venv/bin/recaption run pipelines/tiny-offline.yaml --source path/to/images --output runs/tiny"
+        ".venv/bin/recaption run pipelines/tiny-offline.yaml --source path/to/images --output runs/mine"
         in text
     )
     monkeypatch.chdir(tmp_path)

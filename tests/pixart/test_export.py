@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 
+from recaption import io
 from recaption.encoder import buckets as B
 from recaption.encoder import schema as S
 from recaption.errors import ConfigError
@@ -258,6 +259,70 @@ def test_keys_with_slashes_are_flattened_and_collisions_refused(tmp_path, encode
         export_pixart(clash.url, str(tmp_path / "out2"), resolutions=[256])
 
 
+def sigma_repo_internal_name(item: dict, ext: str) -> str:
+    """PixArt-Σ's own ``InternalData`` (the class its ``pixart_alpha_config`` configs train α with):
+    ``replace_img_ext`` also replaces ``.jpeg``, ``.JPEG`` and ``.JPG``."""
+    name = "_".join(item["path"].rsplit("/", 1))
+    for e in (".png", ".jpg", ".webp", ".jpeg", ".JPEG", ".JPG"):
+        name = name.replace(e, ext)
+    return name
+
+
+def test_keys_with_upper_case_extensions_keep_one_name_for_every_loader(tmp_path, encoder) -> None:
+    keys = ["DCIM/IMG_0001.JPG", "scan.JPEG", "a.jpeg"]
+    feats = write_features(tmp_path / "f", encoder, shards=[[0, 1, 2]], keys=keys, sizes=SIZES[:3])
+    dest = str(tmp_path / "out")
+    export_pixart(feats.url, dest, resolutions=[256], layouts=("internal", "sigma"))
+    items = PixArtLoaders(dest).items("partition")
+    assert len(items) == 3
+    for item in items:
+        name = sigma_repo_internal_name(item, ".npz")
+        assert name == alpha_name(item, ".npz") == sigma_ms_name(item, ".npz")
+        assert os.path.isfile(os.path.join(dest, "caption_feature_wmask", name)), name
+
+
+def test_sigma_checkouts_alpha_multiscale_class_finds_the_t5_features(tmp_path, encoder) -> None:
+    # PixArt-Σ's checkout ships the α configs too (configs/pixart_alpha_config/*_internalms.py); its
+    # InternalDataMS (diffusion/data/datasets/InternalData_ms.py @6b48b3b) reads the JSON from root,
+    # T5 from caption_features/ (unpadded: it does not pad) and the α multi-scale latents.
+    feats = write_features(tmp_path / "f", encoder, shards=[[0, 1, 2]], sizes=SIZES[:3])
+    dest = str(tmp_path / "InternData")
+    export_pixart(feats.url, dest, resolutions=[256])
+    with open(os.path.join(dest, "data_info.json")) as f:
+        items = [i for i in json.load(f) if i["ratio"] <= 4]
+    assert len(items) == 3
+    for item in items:
+        name = sigma_repo_internal_name(item, ".npz")
+        with np.load(os.path.join(dest, "caption_features", name)) as z:
+            assert z["caption_feature"].shape == (1, MAX_LENGTH, HIDDEN)
+            assert z["attention_mask"].shape == (1, MAX_LENGTH)
+        lat = np.load(
+            os.path.join(dest, "img_vae_fatures_256_multiscale/ms", sigma_repo_internal_name(item, ".npy"))
+        )
+        assert lat.dtype == np.float32 and lat.ndim == 3
+
+
+def test_keys_longer_than_a_file_name_are_exported_under_a_short_name(tmp_path, encoder) -> None:
+    # a folder source's key is the relative path: flattened, a deep one exceeds the 255 bytes a file
+    # name may have (and a UTF-8 name counts bytes)
+    keys = ["/".join(["d" * 100, "e" * 100, "f" * 100]), "ü" * 140, "short"]
+    feats = write_features(tmp_path / "f", encoder, shards=[[0, 1, 2]], keys=keys, sizes=SIZES[:3])
+    dest = str(tmp_path / "InternData")
+    summary = export_pixart(feats.url, dest, resolutions=[256], layouts=("internal", "sigma"))
+    assert summary.rows == 3 and not summary.skipped
+    loaders = PixArtLoaders(dest)
+    items = loaders.items("")
+    assert sorted(i["key"] for i in items) == sorted(keys)
+    for item in items:
+        assert len(item["path"].encode()) <= 255 - 4
+        assert alpha_name(item, ".npz") == sigma_ms_name(item, ".npz") == sigma_internal_name(item, ".npz")
+    assert image_path("short") == "short.png"
+    for _, npz, npy in loaders.alpha_ms(256):
+        assert os.path.isfile(npz) and os.path.isfile(npy)
+    for _, npz, _alt, npy in loaders.sigma_ms(256):
+        assert os.path.isfile(npz) and os.path.isfile(npy)
+
+
 def test_rows_over_the_loaders_ratio_are_skipped(tmp_path, tiny_vae_dir) -> None:
     from recaption.encoder.vae import ImageEncoder, VaeConfig
 
@@ -271,8 +336,39 @@ def test_rows_over_the_loaders_ratio_are_skipped(tmp_path, tiny_vae_dir) -> None
     assert summary.rows == 1
     assert summary.skipped[0][0] == "img000"
     assert "ratio 4.400 > 4" in summary.skipped[0][1]
-    # every file written under a temporary name and renamed: none is left behind
-    assert not [p for p in (tmp_path / "alpha").rglob("*") if ".tmp-" in p.name]
+
+
+def test_an_export_killed_mid_write_leaves_no_truncated_array(tmp_path, features, monkeypatch) -> None:
+    """A write that dies halfway (the third array file) leaves every array under a final name
+    whole: training never trips on a truncated .npz/.npy. Fails if files are written in place."""
+    from fsspec.implementations.local import LocalFileOpener
+
+    class Killed(BaseException):
+        pass
+
+    real_write = LocalFileOpener.write
+    writes = {"n": 0}
+
+    def dying_write(self, data):  # type: ignore[no-untyped-def]
+        if len(data) > 64 and writes["n"] >= 0:
+            writes["n"] += 1
+            if writes["n"] == 3:
+                real_write(self, bytes(data)[: len(data) // 2])
+                raise Killed
+        return real_write(self, data)
+
+    monkeypatch.setattr(LocalFileOpener, "write", dying_write)
+    monkeypatch.setattr(io, "abort_output", lambda *a: None)  # a killed process cleans nothing up
+    dest = tmp_path / "killed"
+    with pytest.raises(Killed):
+        export_pixart(features.url, str(dest), alt_caption_field="raw")
+    monkeypatch.setattr(LocalFileOpener, "write", real_write)
+    arrays = [p for p in dest.rglob("*") if p.suffix in (".npz", ".npy")]
+    assert arrays  # those finished before the kill
+    for p in arrays:
+        loaded = np.load(p)
+        if p.suffix == ".npz":
+            assert all(loaded[k].size for k in loaded.files)
 
 
 def test_mixed_store_dtypes_are_refused(tmp_path, encoder, features) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -453,3 +454,87 @@ def test_a_sample_whose_image_cannot_be_exported_is_skipped_with_its_reason(tmp_
     assert [it["key"] for it in P.load_json(dest / "data_info.json")] == feats.keys[:1]
     assert sorted(os.listdir(dest / "caption_feature_wmask")) == [f"{feats.keys[0]}.npz"]
     assert summary.images == {"linked": 1}
+
+
+# -- found in review (issue 11) -------------------------------------------------------------------
+def get_data_path(data_root: str, data_dir: str) -> str:
+    """PixArt's ``diffusion/data/builder.py``: ``set_data_root(config.data_root)``, then a relative
+    ``root`` is joined onto it and an absolute one used as it is."""
+    if os.path.isabs(data_dir):
+        return data_dir
+    return os.path.join(data_root, data_dir)
+
+
+def test_a_relative_dest_gives_a_root_pixart_finds_and_images_where_it_looks(
+    alpha_features, tmp_path, monkeypatch
+) -> None:
+    # Exported from a folder whose own path holds "InternData": PixArt replaces it in the whole
+    # (absolute) root, so the images must go where that replacement points, not beside DEST.
+    cwd = tmp_path / "InternData_runs"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    summary = export_pixart(alpha_features, "InternData", images=True)
+    hint = _hints(summary, "InternalDataMS", 512, False)
+    # the shipped α configs set data_root = 'data'; training runs from PixArt's checkout
+    root = get_data_path("data", hint["data"]["root"])
+    assert root == str(cwd / "InternData")
+    ds = P.InternalDataMS(
+        root,
+        hint["data"]["image_list_json"],
+        resolution=512,
+        load_vae_feat=False,
+        max_length=hint["model_max_length"],
+        aspect_ratio_type=hint["aspect_ratio_type"],
+    )
+    assert len(ds.meta_data_clean) == 6
+    for i in range(len(ds.meta_data_clean)):
+        img, _, _, info = ds.getdata(i)
+        assert list(img.shape[1:]) == info["closest_size"]
+
+
+def _empty_alt(sigma_features: str, tmp_path: Path, empty: set[str]) -> str:
+    """The features with the raw caption of ``empty`` keys made empty (a folder source has none)."""
+    out = tmp_path / "features"
+    shutil.copytree(sigma_features, out)
+    for f in out.glob("part-*.parquet"):
+        t = pq.read_table(f)
+        texts = [
+            ("" if k in empty else s)
+            for k, s in zip(t["key"].to_pylist(), t["t5_raw_text"].to_pylist(), strict=True)
+        ]
+        i = t.schema.get_field_index("t5_raw_text")
+        pq.write_table(t.set_column(i, t.schema.field(i), pa.array(texts, pa.string())), f)
+    return str(out)
+
+
+def test_an_alternate_caption_empty_everywhere_is_no_alternate_caption(sigma_features, tmp_path) -> None:
+    # e.g. --alt-caption raw on a folder of images without .txt: every 'sharegpt4v' is ""
+    keys = set(stored(sigma_features)[1])
+    features = _empty_alt(sigma_features, tmp_path, keys)
+    summary = export_pixart(
+        features, str(tmp_path / "InternData"), layouts=("sigma",), alt_caption_field="raw"
+    )
+    hint = _hints(summary, "InternalDataMSSigma", 512, True)
+    assert hint["real_prompt_ratio"] == 1.0
+    (warning,) = summary.warnings
+    assert "empty" in warning and "real_prompt_ratio=1.0" in warning and "\n" not in warning
+    _sigma_ms(hint, 512)  # builds (Σ asserts a non-empty first 'sharegpt4v' below 1.0)
+
+
+def test_an_alternate_caption_empty_for_some_samples(sigma_features, tmp_path) -> None:
+    plain = export_pixart(
+        sigma_features, str(tmp_path / "a" / "InternData"), layouts=("sigma",), alt_caption_field="raw"
+    )
+    with open(plain.data_info[0]) as f:
+        meta = json.load(f)
+    first = meta[0]["key"]
+    features = _empty_alt(sigma_features, tmp_path, {first})
+    summary = export_pixart(
+        features, str(tmp_path / "InternData"), layouts=("sigma",), alt_caption_field="raw"
+    )
+    hint = _hints(summary, "InternalDataMSSigma", 512, True)
+    assert hint["real_prompt_ratio"] == 0.5
+    (warning,) = summary.warnings
+    assert "1 of 6" in warning and "\n" not in warning
+    ds = _sigma_ms(hint, 512)  # the first entry must have one: Σ's assertion looks at it
+    assert len(ds.meta_data_clean) == 6 and ds.meta_data_clean[0]["sharegpt4v"]

@@ -155,6 +155,7 @@ def test_webdataset_link_members(tmp_path: Path):
     assert samples[1].image_bytes() == dict(members)["000000000.jpg"]
     (f,) = failures
     assert f.member == "000000002.jpg" and "symbolic link" in f.reason
+    assert f.key == "000000002"  # the failure manifest's row is keyed like a sample (it was "")
 
 
 def test_webdataset_member_pillow_cannot_decode_says_so(tmp_path: Path):
@@ -162,3 +163,60 @@ def test_webdataset_member_pillow_cannot_decode_says_so(tmp_path: Path):
     _, failures = _split(list(open_source(str(tmp_path / "wds")).iter_samples()))
     (f,) = [f for f in failures if f.severity == "error"]
     assert "unsupported image format .heic" in f.reason and f.key == "a"
+
+
+def test_a_named_pipe_in_a_folder_is_listed_not_opened(tmp_path: Path):
+    # opening a FIFO blocks until a writer comes: inspect hung forever (and ignored SIGTERM)
+    d = tmp_path / "photos"
+    d.mkdir()
+    (d / "a.jpg").write_bytes(image_bytes(seed=1))
+    os.mkfifo(d / "pipe.jpg")
+    os.mkfifo(d / "notes")
+    os.symlink(d / "pipe.jpg", d / "to_pipe.jpg")
+    samples, failures = _split(list(open_source(str(d)).iter_samples()))
+    assert [s.key for s in samples] == ["a"]
+    reasons = {Path(f.uri).name: (f.severity, f.reason) for f in failures}
+    assert set(reasons) == {"pipe.jpg", "notes", "to_pipe.jpg"}
+    assert reasons["pipe.jpg"] == ("error", "a named pipe, not a regular file; not read")
+    assert reasons["notes"][0] == "warning"
+
+
+def test_a_file_named_only_by_its_extension_keeps_a_key(tmp_path: Path):
+    # ".jpg" and "sub/.png" were samples keyed "" and "sub/", and .DS_Store's failure row had key ""
+    d = tmp_path / "photos"
+    (d / "sub").mkdir(parents=True)
+    for name in (".jpg", "sub/.png", "ok.jpg"):
+        (d / name).write_bytes(image_bytes(seed=1))
+    (d / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    samples, failures = _split(list(open_source(str(d)).iter_samples()))
+    assert sorted(s.key for s in samples) == [".jpg", "ok", "sub/.png"]
+    (f,) = failures
+    assert f.key == ".DS_Store" and f.severity == "warning"
+
+
+def test_other_files_beside_tar_shards_and_sa1b_files_are_listed(tmp_path: Path):
+    # a stray image, a README, .DS_Store, a broken link or a FIFO beside the tars (or in an extracted
+    # SA-1B folder) vanished without a word: only the tars (the sa_<id> files) were looked at
+    wds = tmp_path / "wds"
+    write_tar(wds / "00000.tar", wds_sample("000000000", "a cat", seed=0))
+    (wds / "00000.parquet").write_bytes(b"img2dataset metadata")  # expected beside the tar
+    (wds / "00000_stats.json").write_text("{}")
+    (wds / "stray.jpg").write_bytes(image_bytes(seed=1))
+    (wds / "README").write_text("hi")
+    os.symlink(tmp_path / "gone.tar", wds / "00001.tar")
+    sam = tmp_path / "sam"
+    sam.mkdir()
+    (sam / "sa_1.jpg").write_bytes(image_bytes(seed=2))
+    (sam / "sa_1.json").write_bytes(sam_json(1, 64, 48))
+    (sam / ".DS_Store").write_bytes(b"\0")
+    os.mkfifo(sam / "sa_2.jpg")
+    for d, kind, samples_want, listed in (
+        (wds, "webdataset", ["000000000"], {"stray.jpg", "README", "00001.tar"}),
+        (sam, "sam", ["sa_1"], {".DS_Store", "sa_2.jpg"}),
+    ):
+        source = open_source(str(d))
+        assert source.kind == kind
+        samples, failures = _split(list(source.iter_samples()))
+        assert [s.key for s in samples] == samples_want
+        assert {Path(f.uri).name for f in failures} == listed, failures
+        assert all(f.key and "not read" in f.reason for f in failures)

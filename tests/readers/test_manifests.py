@@ -98,3 +98,54 @@ def test_text_column_is_refused_on_a_folder_without_a_manifest(tmp_path: Path):
     d = _folder(tmp_path, ["a.jpg"])
     with pytest.raises(ConfigError, match=r"--text-column"):
         open_source(str(d), text_column="text")
+
+
+def test_manifests_and_tables_written_with_a_byte_order_mark(tmp_path: Path):
+    # Excel's "CSV UTF-8" and Notepad start files with a BOM: the CSV's first column was named
+    # '\ufefffile_name' (captions: none) and the first JSON line did not parse (its caption lost)
+    d = _folder(tmp_path, ["a.jpg", "b.jpg"])
+    bom = b"\xef\xbb\xbf"
+    (d / "metadata.csv").write_bytes(
+        bom + b'file_name,text\r\na.jpg,"red, square"\r\nb.jpg,"two\r\nlines"\r\n'
+    )
+    captions, failures = _read(d)
+    assert captions == {"a": "red, square", "b": "two\r\nlines"} and failures == []
+    (d / "metadata.csv").unlink()
+    (d / "metadata.jsonl").write_bytes(
+        bom + b'{"file_name": "a.jpg", "text": "cap a"}\r\n{"file_name": "b.jpg", "text": "cap b"}\r\n'
+    )
+    captions, failures = _read(d)
+    assert captions == {"a": "cap a", "b": "cap b"} and failures == []
+    (d / "metadata.jsonl").unlink()
+    (d / "captions.json").write_bytes(bom + json.dumps({"a.jpg": "m a", "b.jpg": "m b"}, indent=1).encode())
+    captions, failures = _read(d)
+    assert captions == {"a": "m a", "b": "m b"} and failures == []
+    for name, body in (
+        ("t.jsonl", b'{"caption": "c1"}\n{"caption": "c2"}\n'),
+        ("t.csv", b"caption\nc1\nc2\n"),
+    ):
+        (tmp_path / name).write_bytes(bom + body)
+        items = list(open_source(str(tmp_path / name)).iter_samples())
+        assert [s.caption for s in items if isinstance(s, Sample)] == ["c1", "c2"], items
+
+
+def test_manifest_rows_that_are_not_used_say_why(tmp_path: Path):
+    # a row whose file_name is no string and a second caption for a file were dropped without a
+    # word, and a null caption became "" (hiding the .json sidecar's caption)
+    d = _folder(tmp_path, ["a.jpg", "c.jpg"])
+    (d / "c.json").write_text(json.dumps({"caption": "from the sidecar"}))
+    rows = [
+        {"file_name": "a.jpg", "text": "cap a"},
+        {"file_name": 7, "text": "numeric name"},
+        {"file_name": "c.jpg", "text": None},
+        {"file_name": "a.jpg", "text": "dup a"},
+    ]
+    (d / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    captions, failures = _read(d)
+    assert captions == {"a": "cap a", "c": "from the sidecar"}
+    reasons = sorted(f.reason for f in failures)
+    assert reasons == [
+        "metadata.jsonl, line 2: file_name is 7, not a file name; its caption was not used",
+        "metadata.jsonl, line 4: a second caption for 'a.jpg'; the first was kept",
+    ]
+    assert all(f.severity == "warning" for f in failures)

@@ -133,3 +133,53 @@ def test_resuming_an_output_made_with_the_old_whole_file_layout_is_refused(tmp_p
     monkeypatch.setattr(TableSource, "shards", new_layout)
     with pytest.raises(OutputConflictError, match=r"refusing to mix outputs.*plan_digest"):
         run_stage(IndexStage(source=open_source(str(p))), out)
+
+
+def test_a_csv_row_with_bytes_that_are_not_utf8_costs_only_that_row(tmp_path: Path):
+    # one stray Latin-1 byte on line 3 made the whole file "not UTF-8 text near line 1": inspect
+    # refused it and a run lost every row after it
+    p = tmp_path / "caps.csv"
+    p.write_bytes(b"caption\ngood1\ncaf\xe9 latin-1\ngood2\ngood3\n")
+    samples, failures = _read(p)
+    assert [s.caption for s in samples] == ["good1", "good2", "good3"]
+    (f,) = failures
+    assert f.reason == "caps.csv, line 3 is not valid UTF-8 (byte b'\\xe9')"
+    assert f.key == "caps/000000001" and f.member == "line:3"
+
+
+@pytest.mark.parametrize("body", [b"", b"\n\n", b"\xef\xbb\xbf"])
+def test_an_empty_table_among_others_is_a_warning_naming_it(tmp_path: Path, body: bytes):
+    # it was an error "shard lacks column(s) caption; it has " (nothing named)
+    d = tmp_path / "tables"
+    d.mkdir()
+    (d / "a.jsonl").write_text('{"caption": "one"}\n')
+    (d / "b.jsonl").write_bytes(body)
+    samples, failures = _read(d)
+    assert [s.caption for s in samples] == ["one"]
+    (f,) = failures
+    assert f.severity == "warning" and f.reason == "b.jsonl holds no rows (empty file)"
+
+
+def test_json_lines_named_json_with_a_first_line_over_a_megabyte(tmp_path: Path):
+    # the layout was judged on the first 1 MiB of line 1: cut, it did not parse, so the file was
+    # taken for one JSON document and refused whole ("Extra data at line 2")
+    p = tmp_path / "caps.json"
+    p.write_text(json.dumps({"caption": "y" * (1 << 20)}) + "\n" + json.dumps({"caption": "short"}) + "\n")
+    samples, failures = _read(p)
+    assert [len(s.caption or "") for s in samples] == [1 << 20, 5] and failures == []
+
+
+def test_a_folder_of_tables_whose_first_file_is_empty_or_broken_is_read(tmp_path: Path):
+    # the columns were read from the first file alone: an empty 00.jsonl refused the whole folder
+    # ("no caption column ... available: (none)")
+    d = tmp_path / "tables"
+    d.mkdir()
+    (d / "00.jsonl").write_bytes(b"")
+    (d / "01.jsonl").write_text("junk\n")
+    (d / "02.jsonl").write_text('{"caption": "ok"}\n')
+    samples, failures = _read(d)
+    assert [s.caption for s in samples] == ["ok"]
+    assert sorted((Path(f.uri).name, f.severity) for f in failures) == [
+        ("00.jsonl", "warning"),
+        ("01.jsonl", "error"),
+    ]

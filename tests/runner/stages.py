@@ -35,3 +35,16 @@ class FaultyIndexStage(IndexStage):
                     raise RuntimeError(f"injected failure in shard {shard.index}")
                 os._exit(1)
         return super().process_shard(shard, out)
+
+
+@dataclass
+class SlowIndexStage(IndexStage):
+    """Index stage that takes ``seconds`` per shard: a run long enough for a second one to meet it."""
+
+    seconds: float = 0.5
+
+    def process_shard(self, shard: InputShard, out: ShardOutput) -> dict[str, Any]:
+        import time
+
+        time.sleep(self.seconds)
+        return super().process_shard(shard, out)

@@ -109,7 +109,7 @@ def test_row_group_mode_keeps_one_file(tmp_path: Path):
     assert [p.name for p in tmp_path.glob("part-*")] == ["part-00003.parquet"]
     md = pq.read_metadata(tmp_path / "part-00003.parquet")
     assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [10, 10, 5]
-    assert "files" not in stats
+    assert stats["files"] == ["part-00003.parquet"]  # the marker lists the one file
 
 
 def test_empty_split_shard_still_gets_a_file(tmp_path: Path):

@@ -1,0 +1,84 @@
+"""What a stage's per-shard counters say about caption quality, for summaries people read.
+
+A run can have no error and no warning and still be useless: every caption cut at
+``max_new_tokens``, or looping. The caption and encode stages count these per shard (the
+``counters`` of each ``_stats/part-*.json``); this turns the summed counters into the figures
+``summary.json`` and the console summary show. Light on purpose (no pandas): the CLI imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def stage_quality(stage: str, counters: Mapping[str, int], *, errors: int = 0) -> dict[str, Any] | None:
+    """The quality figures of one stage's summed counters, or ``None`` for a stage without any.
+
+    ``caption``: ``finish_reasons`` (``stop``: the model ended the caption; ``length``: cut at
+    ``max_new_tokens``; ``error``: no caption, the stage's errors), ``repetition`` (degenerate loops
+    flagged), ``prompt_fallback`` (an empty raw caption made the prompt fall back), ``tokens``
+    generated. ``encode``: per caption field, ``t5_truncated`` and ``t5_empty``, of ``encoded``.
+    """
+    c = {k: int(v) for k, v in counters.items()}
+    if stage == "caption":
+        captioned = c.get("captioned", 0)
+        length = c.get("length_limited", 0)
+        return {
+            "finish_reasons": {"stop": max(0, captioned - length), "length": length, "error": int(errors)},
+            "repetition": c.get("repetitive", 0),
+            "prompt_fallback": c.get("prompt_fallback", 0),
+            "tokens": c.get("generated_tokens", 0),
+        }
+    if stage == "encode" and any(k.startswith(("truncated_", "empty_")) or k == "encoded" for k in c):
+        fields = sorted({k.split("_", 1)[1] for k in c if k.startswith(("truncated_", "empty_"))})
+        return {
+            "encoded": c.get("encoded", 0),
+            "t5_truncated": {f: c.get(f"truncated_{f}", 0) for f in fields},
+            "t5_empty": {f: c.get(f"empty_{f}", 0) for f in fields},
+            "dropped_aspect": c.get("dropped_aspect", 0),
+        }
+    return None
+
+
+def quality_lines(stage: str, quality: Mapping[str, Any] | None) -> list[tuple[str, bool]]:
+    """Sentences for the console, each with whether it needs attention (shown highlighted)."""
+    if not quality:
+        return []
+    out: list[tuple[str, bool]] = []
+    if stage == "caption":
+        fr = quality["finish_reasons"]
+        total = sum(fr.values())
+        if not total:
+            return []
+        out.append(
+            (
+                f"{stage}: {total:,} samples: {fr['stop']:,} captions finished (stop), "
+                f"{fr['length']:,} cut at max_new_tokens (length), {fr['error']:,} without a caption (error)",
+                total > 0 and (fr["length"] > 0 or fr["error"] > 0),
+            )
+        )
+        if fr["length"] and fr["length"] * 2 >= total:
+            out.append(
+                (
+                    f"{stage}: {fr['length'] / total:.0%} of the captions stopped at max_new_tokens: "
+                    "raise caption.max_new_tokens (--max-new-tokens) unless that is intended",
+                    True,
+                )
+            )
+        out.append(
+            (
+                f"{stage}: {quality['repetition']:,} flagged as repetitive, {quality['prompt_fallback']:,} "
+                "prompt fallbacks (empty raw caption)",
+                quality["repetition"] > 0,
+            )
+        )
+    elif stage == "encode":
+        enc = quality.get("encoded", 0)
+        trunc = quality.get("t5_truncated", {})
+        parts = [f"{n:,} {f}" for f, n in trunc.items() if n]
+        if parts:
+            out.append((f"{stage}: T5 truncated {', '.join(parts)} caption(s) of {enc:,} encoded rows", True))
+        else:
+            out.append((f"{stage}: no caption was truncated by T5 ({enc:,} rows encoded)", False))
+    return out

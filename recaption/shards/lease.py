@@ -1,0 +1,306 @@
+"""One writer per output folder: an exclusive lease, taken before anything is written.
+
+``OUTPUT/_lease.json`` names its holder (host, pid, start time, a random id) and a heartbeat a
+background thread renews every ``timeout / 4`` seconds. It is created atomically (``O_EXCL`` on
+disk, a conditional PUT ``If-None-Match: *`` on S3), so of two runs started together exactly one
+gets it; the other is refused at once (:class:`LeaseHeldError`, exit code 2) naming the holder.
+
+A lease is stale when its heartbeat is older than the timeout (a killed run, a lost node), or at
+once when its holder is a process on this host that no longer exists. A stale lease is taken over
+with a log line; two runs racing to take over the same stale lease are decided by another atomic
+create (``_lease.json.takeover-<id>``), so again exactly one wins.
+
+Leases are re-entrant within a process: ``recaption run`` holds its folder and every stage folder,
+and the runners it calls find them held already.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from recaption import io
+from recaption.errors import RecaptionError
+
+log = logging.getLogger("recaption")
+
+LEASE_FILE = "_lease.json"
+TIMEOUT_ENV = "RECAPTION_LEASE_TIMEOUT"
+DEFAULT_TIMEOUT = 120.0  # seconds without a heartbeat before a lease is stale
+
+
+class LeaseHeldError(RecaptionError):
+    """Another live run writes to this output folder."""
+
+
+class OutputNotWritableError(RecaptionError):
+    """The output folder cannot be written (read-only, no permission, no such bucket)."""
+
+
+def lease_timeout() -> float:
+    try:
+        return float(os.environ.get(TIMEOUT_ENV, "") or DEFAULT_TIMEOUT)
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """What a lease file says."""
+
+    id: str
+    host: str
+    pid: int
+    started: float
+    heartbeat: float
+    command: str = ""
+
+    @classmethod
+    def read(cls, url: str) -> LeaseInfo | None:
+        try:
+            d = json.loads(io.read_text(url))
+            return cls(
+                id=str(d["id"]),
+                host=str(d["host"]),
+                pid=int(d["pid"]),
+                started=float(d["started"]),
+                heartbeat=float(d["heartbeat"]),
+                command=str(d.get("command", "")),
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            # half a lease (a writer killed mid-write on a filesystem without atomic create)
+            return cls(id="?", host="?", pid=-1, started=0.0, heartbeat=io.modified(url))
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, indent=1, sort_keys=True).encode()
+
+    def stale_reason(self, timeout: float, now: float | None = None) -> str | None:
+        """Why this lease no longer protects a live run, or None if it does."""
+        now = time.time() if now is None else now
+        if self.host == socket.gethostname() and self.pid > 0 and not _pid_alive(self.pid):
+            return f"its process {self.pid} on this host is gone"
+        age = now - self.heartbeat
+        if age > timeout:
+            return f"no heartbeat for {age:.0f}s (timeout {timeout:.0f}s)"
+        return None
+
+    def describe(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        what = f" ({self.command})" if self.command else ""
+        return (
+            f"pid {self.pid} on {self.host}{what}, started {started}, "
+            f"last heartbeat {max(0.0, now - self.heartbeat):.0f}s ago"
+        )
+
+
+def _not_writable(folder: str, e: OSError) -> OutputNotWritableError:
+    reason = e.strerror or str(e)
+    if isinstance(e, io.BucketMissingError):
+        return OutputNotWritableError(str(e))
+    return OutputNotWritableError(f"{folder}: cannot write to this output folder ({reason})")
+
+
+class Lease:
+    """An exclusive lease on one output folder; use :func:`hold` rather than this directly."""
+
+    def __init__(self, folder: str, *, timeout: float | None = None, command: str = "") -> None:
+        self.folder = folder
+        self.url = io.join(folder, LEASE_FILE)
+        self.timeout = lease_timeout() if timeout is None else timeout
+        self.command = command
+        now = time.time()
+        self.info = LeaseInfo(
+            id=uuid.uuid4().hex,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=now,
+            heartbeat=now,
+            command=command,
+        )
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- taking it -------------------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Take the lease or raise :class:`LeaseHeldError`; a stale one is taken over."""
+        try:
+            io.makedirs(self.folder)
+            for _ in range(3):
+                if io.create_exclusive(self.url, self.info.to_json()):
+                    break
+                held = LeaseInfo.read(self.url)
+                if held is None:
+                    continue  # released between our create and our read: try again
+                reason = held.stale_reason(self.timeout)
+                if reason is None:
+                    raise LeaseHeldError(
+                        f"{self.folder} is being written by another run: {held.describe()}. "
+                        "Wait for it to finish (a run in progress is never disturbed); if no such run "
+                        "is alive, it is taken over automatically "
+                        f"{self.timeout:.0f}s after its last heartbeat, or delete {self.url} once you "
+                        "have checked"
+                    )
+                if self._take_over(held, reason):
+                    break
+            else:
+                raise LeaseHeldError(f"{self.folder}: could not take its lease ({self.url}); try again")
+        except OSError as e:
+            if isinstance(e, io.BucketMissingError | PermissionError) or e.errno in (
+                errno.EACCES,
+                errno.EROFS,
+                errno.EPERM,
+            ):
+                raise _not_writable(self.folder, e) from None
+            raise
+        self._thread = threading.Thread(target=self._beat, name=f"lease {self.folder}", daemon=True)
+        self._thread.start()
+
+    def _take_over(self, held: LeaseInfo, reason: str) -> bool:
+        token = f"{self.url}.takeover-{held.id}"
+        if not io.create_exclusive(token, self.info.to_json()):
+            t = LeaseInfo.read(token)
+            if t is not None and t.stale_reason(self.timeout) is not None:
+                io.remove(token)  # a taker that died mid-takeover
+            return False
+        try:
+            current = LeaseInfo.read(self.url)
+            if current is not None and current.id != held.id:
+                return False  # someone else renewed or replaced it meanwhile
+            log.warning("%s: taking over a stale lease (%s): %s", self.folder, reason, held.describe())
+            io.write_bytes_atomic(self.url, self.info.to_json())
+            return True
+        finally:
+            io.remove(token)
+
+    # -- keeping it ------------------------------------------------------------------------------
+    def _beat(self) -> None:
+        interval = max(0.05, self.timeout / 4)
+        while not self._stop.wait(interval):
+            try:
+                current = LeaseInfo.read(self.url)
+                if current is None or current.id != self.info.id:
+                    self.lost = True
+                    log.error(
+                        "%s: this run lost its lease (%s); stopping after the shard in hand",
+                        self.folder,
+                        "removed" if current is None else f"taken by {current.describe()}",
+                    )
+                    return
+                self.info = LeaseInfo(**{**self.info.__dict__, "heartbeat": time.time()})
+                io.write_bytes_atomic(self.url, self.info.to_json())
+            except Exception as e:  # a blip of the store: the next beat tries again
+                log.debug("%s: lease heartbeat failed: %s", self.folder, e)
+
+    def check(self) -> None:
+        """Raise if another run took this lease over (this one stalled past the timeout)."""
+        if self.lost:
+            raise LeaseHeldError(f"{self.folder}: this run lost its lease to another run; stopped")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with contextlib.suppress(Exception):
+            current = LeaseInfo.read(self.url)
+            if current is not None and current.id == self.info.id:
+                io.remove(self.url)
+
+
+_HELD: dict[str, tuple[Lease, int]] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _key(folder: str) -> str:
+    return io.normalize(folder).rstrip("/")
+
+
+def held(folder: str) -> Lease | None:
+    """The lease this process holds on ``folder``, if any."""
+    with _HELD_LOCK:
+        entry = _HELD.get(_key(folder))
+    return entry[0] if entry else None
+
+
+@contextlib.contextmanager
+def hold(folders: list[str] | str, *, command: str = "") -> Iterator[list[Lease]]:
+    """Hold the leases of ``folders`` (in order) for the block; all or none.
+
+    Folders this process already holds are not taken again (``recaption run`` holds its stage
+    folders before the runners ask for them).
+    """
+    if isinstance(folders, str):
+        folders = [folders]
+    taken: list[Lease] = []
+    mine: list[Lease] = []
+    try:
+        for folder in folders:
+            k = _key(folder)
+            with _HELD_LOCK:
+                if k in _HELD:
+                    lease, n = _HELD[k]
+                    _HELD[k] = (lease, n + 1)
+                    mine.append(lease)
+                    taken.append(lease)
+                    continue
+            lease = Lease(folder, command=command)
+            lease.acquire()
+            with _HELD_LOCK:
+                _HELD[k] = (lease, 1)
+            mine.append(lease)
+            taken.append(lease)
+        yield mine
+    finally:
+        for lease in reversed(taken):
+            k = _key(lease.folder)
+            with _HELD_LOCK:
+                _, n = _HELD[k]
+                if n > 1:
+                    _HELD[k] = (lease, n - 1)
+                    continue
+                del _HELD[k]
+            lease.release()
+
+
+def current_lease(folder: str) -> dict[str, Any] | None:
+    """For ``recaption status``: who holds ``folder``'s lease and whether it is live."""
+    info = LeaseInfo.read(io.join(folder, LEASE_FILE))
+    if info is None:
+        return None
+    reason = info.stale_reason(lease_timeout())
+    return {
+        "host": info.host,
+        "pid": info.pid,
+        "started": info.started,
+        "heartbeat_age_seconds": round(max(0.0, time.time() - info.heartbeat), 1),
+        "live": reason is None,
+        "stale_reason": reason,
+    }
+
+
+def check_all(leases: list[Lease]) -> None:
+    for lease in leases:
+        lease.check()

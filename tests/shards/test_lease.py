@@ -1,0 +1,220 @@
+"""One writer per output folder (issue 10.1): the lease."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from recaption.index import IndexStage
+from recaption.readers import open_source
+from recaption.runner import run_local
+from recaption.shards.lease import LEASE_FILE, Lease, LeaseHeldError, LeaseInfo, OutputNotWritableError, hold
+from tests.builders import sam_member_pairs, write_tar
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def sam_tars(tmp_path: Path) -> Path:
+    d = tmp_path / "sa1b"
+    for t in range(4):
+        write_tar(d / f"sa_{t:06d}.tar", sam_member_pairs(t * 10, 3))
+    return d
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _foreign_lease(folder: Path, *, host: str, pid: int, age: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    info = LeaseInfo(id="other", host=host, pid=pid, started=now - age, heartbeat=now - age, command="index")
+    (folder / LEASE_FILE).write_bytes(info.to_json())
+
+
+def test_a_second_run_is_refused_at_once_and_the_first_completes_untouched(sam_tars: Path, tmp_path: Path):
+    """Two processes on one folder: the second exits 2 naming the holder; the first's output is
+    complete and byte-identical to an undisturbed run (today the second deleted the first's
+    temporary files and the first failed)."""
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    run_local(IndexStage(source=open_source(str(sam_tars))), str(ref), progress=False)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from recaption.readers import open_source; from recaption.runner import run_local;"
+            "from tests.runner.stages import SlowIndexStage;"
+            "s = run_local(SlowIndexStage(source=open_source(sys.argv[1]), seconds=0.6), sys.argv[2],"
+            " progress=False);"
+            "sys.exit(0 if s.ok else 1)",
+            str(sam_tars),
+            str(out),
+        ],
+        env=_env(),
+        cwd=REPO,
+    )
+    try:
+        deadline = time.time() + 60
+        while not (out / "_progress").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert (out / LEASE_FILE).exists()
+        t0 = time.time()
+        second = subprocess.run(
+            [sys.executable, "-m", "recaption", "index", str(sam_tars), str(out)],
+            env=_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert second.returncode == 2, second.stderr
+        assert "being written by another run" in second.stderr
+        assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr
+        assert first.poll() is None, "the first run must still be running when the second is refused"
+        assert time.time() - t0 < 60
+        assert first.wait(timeout=120) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    parts = sorted(p.name for p in out.glob("part-*.parquet"))
+    assert parts == [f"part-{i:05d}.parquet" for i in range(4)]
+    assert {n: (out / n).read_bytes() for n in parts} == {n: (ref / n).read_bytes() for n in parts}
+    assert not (out / LEASE_FILE).exists()  # released at the end
+
+
+def test_a_rerun_with_other_settings_cannot_mix_into_a_live_run(tmp_path: Path, tiny_models: dict[str, str]):
+    """Issue 10.1's story: `--set caption.max_new_tokens=6` started while a run with 24 writes the
+    folder. It is refused before it records anything (today it rewrote pipeline.yaml and both
+    runs wrote caption shards)."""
+    import yaml
+
+    from tests.pipeline.conftest import make_webdataset, tiny_config
+
+    src = make_webdataset(tmp_path / "wds", n=4, per_shard=2)
+    out = tmp_path / "run"
+    cfg = tiny_config(src, out, tiny_models)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _foreign_lease(out, host=socket.gethostname(), pid=holder.pid, age=1.0)
+        before = sorted(p.name for p in out.rglob("*"))
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "recaption",
+                "run",
+                str(tmp_path / "p.yaml"),
+                "--set",
+                "caption.max_new_tokens=6",
+            ],
+            env=_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 2, r.stderr
+    assert f"pid {holder.pid}" in r.stderr
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing written: no pipeline.yaml
+
+
+def test_a_lease_of_a_dead_process_is_taken_over_with_a_log_line(
+    sam_tars: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    out = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _foreign_lease(out, host=socket.gethostname(), pid=dead.pid, age=1.0)
+    with caplog.at_level("WARNING", logger="recaption"):
+        summary = run_local(IndexStage(source=open_source(str(sam_tars))), str(out), progress=False)
+    assert summary.ok and len(summary.done) == 4
+    assert any("taking over a stale lease" in r.message and "is gone" in r.message for r in caplog.records)
+
+
+def test_another_hosts_lease_is_live_until_its_heartbeat_times_out(sam_tars: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    _foreign_lease(out, host="node-7", pid=4242, age=5.0)
+    with pytest.raises(LeaseHeldError, match="pid 4242 on node-7"):
+        run_local(IndexStage(source=open_source(str(sam_tars))), str(out), progress=False)
+    assert not (out / "_stage.json").exists()  # refused before anything was written
+    _foreign_lease(out, host="node-7", pid=4242, age=10_000.0)  # a lost node
+    assert run_local(IndexStage(source=open_source(str(sam_tars))), str(out), progress=False).ok
+
+
+def test_of_many_racing_takers_exactly_one_gets_the_lease(tmp_path: Path):
+    results: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def take() -> None:
+        lease = Lease(str(tmp_path / "out"))
+        barrier.wait()
+        try:
+            lease.acquire()
+            results.append("won")
+        except LeaseHeldError:
+            results.append("refused")
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["refused"] * 7 + ["won"]
+
+
+def test_the_heartbeat_is_renewed_and_a_stolen_lease_is_noticed(tmp_path: Path):
+    folder = tmp_path / "out"
+    lease = Lease(str(folder), timeout=0.4)
+    lease.acquire()
+    try:
+        first = json.loads((folder / LEASE_FILE).read_text())["heartbeat"]
+        time.sleep(0.35)
+        assert json.loads((folder / LEASE_FILE).read_text())["heartbeat"] > first
+        _foreign_lease(folder, host="node-2", pid=1, age=0.0)  # another run took it over
+        time.sleep(0.35)
+        assert lease.lost
+        with pytest.raises(LeaseHeldError, match="lost its lease"):
+            lease.check()
+    finally:
+        lease.release()
+    assert (folder / LEASE_FILE).exists()  # the new holder's lease is not removed
+
+
+def test_leases_are_reentrant_within_a_process(tmp_path: Path):
+    with hold([str(tmp_path / "run"), str(tmp_path / "run" / "captions")]):
+        with hold(str(tmp_path / "run" / "captions")):
+            pass
+        assert (tmp_path / "run" / "captions" / LEASE_FILE).exists()
+    assert not (tmp_path / "run" / LEASE_FILE).exists()
+
+
+def test_an_unwritable_output_is_one_line_exit_2_before_any_work(sam_tars: Path):
+    r = subprocess.run(
+        [sys.executable, "-m", "recaption", "index", str(sam_tars), "/sys/recaption-no-such-out"],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert "/sys/recaption-no-such-out: cannot write to this output folder" in r.stderr
+    assert "Traceback" not in r.stderr
+    with pytest.raises(OutputNotWritableError):
+        Lease("/sys/recaption-no-such-out").acquire()
