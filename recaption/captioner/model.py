@@ -474,6 +474,8 @@ class Captioner:
                 "a vision-language model whose processor and weights work together",
                 hint=f"captioning a blank probe image failed: {describe_error(e)}",
             ) from None
+        if self.vision_stats is not None:  # the probe is not one of the images captioned
+            self.vision_stats.images = self.vision_stats.encoded = 0
         if not ids or len(ids[0]) < 1:
             self.unload()
             raise ConfigError(
