@@ -21,6 +21,7 @@ import errno
 import json
 import logging
 import os
+import posixpath
 import socket
 import threading
 import time
@@ -168,6 +169,9 @@ class Lease:
                     break
             else:
                 raise LeaseHeldError(f"{self.folder}: could not take its lease ({self.url}); try again")
+            # Checked after taking our own, so of two runs starting together on nested folders at
+            # least one sees the other (both may be refused; neither ever gets through unseen).
+            self._refuse_if_nested()
         except OSError as e:
             if isinstance(e, io.BucketMissingError | PermissionError) or e.errno in (
                 errno.EACCES,
@@ -178,6 +182,46 @@ class Lease:
             raise
         self._thread = threading.Thread(target=self._beat, name=f"lease {self.folder}", daemon=True)
         self._thread.start()
+
+    def _nested_leases(self) -> list[tuple[str, LeaseInfo]]:
+        """Live leases of other processes on a folder above this one or inside it."""
+        fs, path = io.fs_path(self.folder)
+        path = path.rstrip("/")
+        urls: list[str] = []
+        parent = posixpath.dirname(path)
+        while parent and parent != path:
+            urls.append(io.to_url(fs, posixpath.join(parent, LEASE_FILE)))
+            path, parent = parent, posixpath.dirname(parent)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            urls += [u for u in io.walk_files(self.folder) if io.basename(u) == LEASE_FILE and u != self.url]
+        out = []
+        for url in urls:
+            try:
+                info = LeaseInfo.read(url)
+            except OSError:  # a folder above we may not read (another user's, a bucket's root)
+                continue
+            if info is None or (info.host == self.info.host and info.pid == self.info.pid):
+                continue  # this process's own (``recaption run`` holds its folder and its stages')
+            if info.stale_reason(self.timeout) is None:
+                out.append((url, info))
+        return out
+
+    def _refuse_if_nested(self) -> None:
+        """A run writing into a folder inside another live run's (or around it) is refused too:
+        its sweep of leftovers would delete the other's temporary files and abort its uploads."""
+        nested = self._nested_leases()
+        if not nested:
+            return
+        url, info = nested[0]
+        with contextlib.suppress(Exception):
+            io.remove(self.url)
+        where = posixpath.dirname(url) if "://" in url else os.path.dirname(url)
+        inside = _key(where).startswith(_key(self.folder) + "/")
+        raise LeaseHeldError(
+            f"{self.folder} {'contains' if inside else 'is inside'} {where}, which is being written by "
+            f"another run: {info.describe()}. Choose an output folder that neither contains nor is "
+            "inside another run's, or wait for that run to finish"
+        )
 
     def _take_over(self, held: LeaseInfo, reason: str) -> bool:
         token = f"{self.url}.takeover-{held.id}"

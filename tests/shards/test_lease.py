@@ -92,6 +92,66 @@ def test_a_second_run_is_refused_at_once_and_the_first_completes_untouched(sam_t
     assert not (out / LEASE_FILE).exists()  # released at the end
 
 
+def _slow_index(src: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from recaption.readers import open_source; from recaption.runner import run_local;"
+            "from tests.runner.stages import SlowIndexStage;"
+            "s = run_local(SlowIndexStage(source=open_source(sys.argv[1]), seconds=0.6), sys.argv[2],"
+            " progress=False);"
+            "print(s.failed); sys.exit(0 if s.ok else 1)",
+            str(src),
+            str(out),
+        ],
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("second_inside", [False, True], ids=["around", "inside"])
+def test_a_run_on_a_folder_around_or_inside_a_live_runs_is_refused(
+    sam_tars: Path, tmp_path: Path, second_inside: bool
+):
+    """A run writing `out/inner` and a second on `out` (or the reverse): the second is refused,
+    exit 2, naming the holder; the first completes. Before, a second run on `out` took its own
+    lease, swept `out` recursively and deleted the first's temporary file in `out/inner`: the
+    first failed with `FileNotFoundError ... .part-00000.parquet.tmp-…`."""
+    first_out = tmp_path / "out" if second_inside else tmp_path / "out" / "inner"
+    second_out = tmp_path / "out" / "inner" if second_inside else tmp_path / "out"
+    first = _slow_index(sam_tars, first_out)
+    try:
+        deadline = time.time() + 60
+        while not list(first_out.glob(".part-*.tmp-*")) and time.time() < deadline:
+            time.sleep(0.02)
+        second = subprocess.run(
+            [sys.executable, "-m", "recaption", "index", str(sam_tars), str(second_out)],
+            env=_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert second.returncode == 2, second.stderr
+        assert "being written by another run" in second.stderr
+        assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr
+        assert first.poll() is None, "the first run must still be running when the second is refused"
+        stdout, _ = first.communicate(timeout=120)
+        assert first.returncode == 0, stdout
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert sorted(p.name for p in first_out.glob("part-*.parquet")) == [
+        f"part-{i:05d}.parquet" for i in range(4)
+    ]
+    assert not (second_out / "_stage.json").exists()  # refused before writing anything
+    assert not (second_out / LEASE_FILE).exists()  # and its own lease given back
+
+
 def test_a_rerun_with_other_settings_cannot_mix_into_a_live_run(tmp_path: Path, tiny_models: dict[str, str]):
     """Issue 10.1's story: `--set caption.max_new_tokens=6` started while a run with 24 writes the
     folder. It is refused before it records anything (today it rewrote pipeline.yaml and both
