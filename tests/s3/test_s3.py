@@ -158,6 +158,27 @@ def test_a_second_run_on_an_s3_folder_is_refused(s3: S3, tmp_path: Path):
     assert StageDir(out).done_indices() == {0, 1}
 
 
+def test_a_run_on_an_s3_folder_around_a_live_runs_folder_is_refused(s3: S3, tmp_path: Path):
+    """A run on `out` while another writes `out/inner`: its sweep would abort the other's multipart
+    uploads and delete its unmarked objects; it is refused instead, and the other completes."""
+    inputs = _blob_inputs(s3, 2)
+    inner, out = s3.url("nest", "inner"), s3.url("nest")
+    stall = tmp_path / "stall"
+    stall.touch()
+    proc = _start(s3, inputs=list(inputs), output=inner, rows=1, nbytes=100, stall_file=str(stall))
+    try:
+        _wait(lambda: io.exists(io.join(inner, "_progress", "part-00000.json")), what="the first run")
+        with pytest.raises(LeaseHeldError, match=f"contains {inner}, which is being written.*pid {proc.pid}"):
+            run_local(BlobStage(inputs=inputs, output=out, rows=1, nbytes=100), out, progress=False)
+        assert not io.exists(io.join(out, "_lease.json"))
+        stall.unlink()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert StageDir(inner).done_indices() == {0, 1}
+
+
 def test_a_missing_output_bucket_is_refused_not_created(s3: S3, monkeypatch: pytest.MonkeyPatch):
     inputs = _blob_inputs(s3, 1)
     out = "s3://typo-bkt-recaption/out"
