@@ -6,9 +6,11 @@ disk, a conditional PUT ``If-None-Match: *`` on S3), so of two runs started toge
 gets it; the other is refused at once (:class:`LeaseHeldError`, exit code 2) naming the holder.
 
 A lease is stale when its heartbeat is older than the timeout (a killed run, a lost node), or at
-once when its holder is a process on this host that no longer exists. A stale lease is taken over
-with a log line; two runs racing to take over the same stale lease are decided by another atomic
-create (``_lease.json.takeover-<id>``), so again exactly one wins.
+once when its holder is a process on this host that no longer exists ("this host": same host name,
+kernel boot and pid namespace, so a container sharing the host's name never judges another's
+pid). A stale lease is taken over with a log line; two runs racing to take over the same stale
+lease are decided by another atomic create (``_lease.json.takeover-<id>``), so again exactly one
+wins.
 
 Leases are re-entrant within a process: ``recaption run`` holds its folder and every stage folder,
 and the runners it calls find them held already.
@@ -55,6 +57,21 @@ def lease_timeout() -> float:
         return DEFAULT_TIMEOUT
 
 
+def machine_id() -> str:
+    """This kernel boot and pid namespace (Linux), or "" where unknown.
+
+    A host name alone does not say whether a pid can be checked here: containers sharing the
+    host's network (``docker --net=host``, Kubernetes ``hostNetwork``) share its name but not its
+    process ids, and two machines may carry the same name.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -75,6 +92,7 @@ class LeaseInfo:
     started: float
     heartbeat: float
     command: str = ""
+    machine: str = ""  # :func:`machine_id` of the holder
 
     @classmethod
     def read(cls, url: str) -> LeaseInfo | None:
@@ -87,6 +105,7 @@ class LeaseInfo:
                 started=float(d["started"]),
                 heartbeat=float(d["heartbeat"]),
                 command=str(d.get("command", "")),
+                machine=str(d.get("machine", "")),
             )
         except FileNotFoundError:
             return None
@@ -100,12 +119,19 @@ class LeaseInfo:
     def stale_reason(self, timeout: float, now: float | None = None) -> str | None:
         """Why this lease no longer protects a live run, or None if it does."""
         now = time.time() if now is None else now
-        if self.host == socket.gethostname() and self.pid > 0 and not _pid_alive(self.pid):
+        if self.same_machine() and self.pid > 0 and not _pid_alive(self.pid):
             return f"its process {self.pid} on this host is gone"
         age = now - self.heartbeat
         if age > timeout:
             return f"no heartbeat for {age:.0f}s (timeout {timeout:.0f}s)"
         return None
+
+    def same_machine(self) -> bool:
+        """Whether the holder's pid means a process here (same host, boot and pid namespace)."""
+        if self.host != socket.gethostname():
+            return False
+        here = machine_id()
+        return not (self.machine and here and self.machine != here)
 
     def describe(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -140,6 +166,7 @@ class Lease:
             started=now,
             heartbeat=now,
             command=command,
+            machine=machine_id(),
         )
         self.lost = False
         self._stop = threading.Event()
@@ -200,7 +227,7 @@ class Lease:
                 info = LeaseInfo.read(url)
             except OSError:  # a folder above we may not read (another user's, a bucket's root)
                 continue
-            if info is None or (info.host == self.info.host and info.pid == self.info.pid):
+            if info is None or (info.same_machine() and info.pid == self.info.pid):
                 continue  # this process's own (``recaption run`` holds its folder and its stages')
             if info.stale_reason(self.timeout) is None:
                 out.append((url, info))

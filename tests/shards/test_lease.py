@@ -206,6 +206,25 @@ def test_a_lease_of_a_dead_process_is_taken_over_with_a_log_line(
     assert any("taking over a stale lease" in r.message and "is gone" in r.message for r in caplog.records)
 
 
+def test_a_lease_from_another_pid_namespace_with_this_host_name_is_not_judged_by_its_pid(
+    sam_tars: Path, tmp_path: Path
+):
+    """Containers sharing the host's network (docker --net=host, hostNetwork pods) share its name
+    but not its pids: a live run's pid there is "gone" here. Before, its lease was taken over at
+    once and its temporary files swept; it is live until its heartbeat times out."""
+    out = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = time.time()
+    lease = {"id": "container", "host": socket.gethostname(), "pid": dead.pid, "started": now}
+    lease |= {"heartbeat": now, "command": "run", "machine": "another-boot/pid:[4026532999]"}
+    out.mkdir()
+    (out / LEASE_FILE).write_text(json.dumps(lease))
+    with pytest.raises(LeaseHeldError, match=f"pid {dead.pid}"):
+        run_local(IndexStage(source=open_source(str(sam_tars))), str(out), progress=False)
+    assert json.loads((out / LEASE_FILE).read_text())["id"] == "container"
+
+
 def test_another_hosts_lease_is_live_until_its_heartbeat_times_out(sam_tars: Path, tmp_path: Path):
     out = tmp_path / "out"
     _foreign_lease(out, host="node-7", pid=4242, age=5.0)
