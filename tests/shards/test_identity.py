@@ -144,3 +144,19 @@ def test_an_edited_caption_manifest_redoes_the_shards_it_captions(tmp_path: Path
     again = run_local(IndexStage(source=open_source(str(src))), str(out), progress=False)
     assert [s["shard"] for s in again.done] == [0]
     assert _captions(out)["img2"] == "a dog 2"
+
+
+def test_a_removed_input_tar_is_named_when_the_rerun_is_refused(tmp_path: Path):
+    """A vanished tar changes the plan, so the rerun is refused (nothing would line up): the
+    message names the file, not only a changed plan digest."""
+    from recaption.runner.base import OutputConflictError
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    for t in range(3):
+        write_tar(src / f"sa_{t:06d}.tar", sam_member_pairs(t * 10, 2))
+    assert run_local(IndexStage(source=open_source(str(src))), str(out), progress=False).ok
+    (src / "sa_000001.tar").unlink()
+    with pytest.raises(
+        OutputConflictError, match=r"1 input file\(s\) no longer in the source: .*sa_000001\.tar"
+    ):
+        run_local(IndexStage(source=open_source(str(src))), str(out), progress=False)
