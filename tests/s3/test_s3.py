@@ -210,3 +210,22 @@ def test_listings_are_fresh_after_another_process_writes(s3: S3):
     assert [io.basename(u) for u in io.listdir(folder)] == ["_sub", "a.json", "b.json"]
     assert io.exists(io.join(folder, "b.json"))
     assert [io.basename(u) for u in io.listdir(io.join(folder, "_sub"))] == ["c.json"]
+
+
+def test_an_edited_caption_sidecar_on_s3_changes_its_shards_identity(s3: S3):
+    """Loose images with .txt sidecars on S3: the sidecar is part of the shard's identity (found in
+    the folder's one listing; absent sidecars cost no request), and an edit is noticed."""
+    from recaption.readers.base import InputShard
+    from recaption.shards.identity import changed_shards, shard_identity
+
+    folder = s3.url("photos")
+    images = tuple(io.join(folder, f"img{i}.jpg") for i in range(3))
+    for u in images:
+        io.write_bytes_atomic(u, b"jpeg")
+    io.write_bytes_atomic(io.join(folder, "img0.txt"), b"a red cat")
+    shard = InputShard(index=0, uri=folder, files=images, kind="folder")
+    ids = shard_identity(shard)
+    assert [io.basename(i["path"]) for i in ids] == ["img0.jpg", "img1.jpg", "img2.jpg", "img0.txt"]
+    io.write_bytes_atomic(io.join(folder, "img0.txt"), b"a red dog")
+    changed, vanished = changed_shards({0: ids}, {0: shard})
+    assert "img0.txt changed" in changed[0] and not vanished
