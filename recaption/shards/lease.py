@@ -147,6 +147,12 @@ def _not_writable(folder: str, e: OSError) -> OutputNotWritableError:
     reason = e.strerror or str(e)
     if isinstance(e, io.BucketMissingError):
         return OutputNotWritableError(str(e))
+    if e.errno in (errno.EEXIST, errno.ENOTDIR) and "://" not in folder:
+        # from makedirs: a file where a folder must be (the output itself, or a folder above it)
+        blocker = os.path.abspath(folder)
+        while not os.path.isfile(blocker) and os.path.dirname(blocker) != blocker:
+            blocker = os.path.dirname(blocker)
+        reason = f"{blocker} is a file, not a folder"
     return OutputNotWritableError(f"{folder}: cannot write to this output folder ({reason})")
 
 
@@ -204,6 +210,9 @@ class Lease:
                 errno.EACCES,
                 errno.EROFS,
                 errno.EPERM,
+                errno.ENOTDIR,
+                errno.EEXIST,  # only makedirs raises it here (create_exclusive returns False)
+                errno.ENOSPC,
             ):
                 raise _not_writable(self.folder, e) from None
             raise

@@ -297,3 +297,24 @@ def test_an_unwritable_output_is_one_line_exit_2_before_any_work(sam_tars: Path)
     assert "Traceback" not in r.stderr
     with pytest.raises(OutputNotWritableError):
         Lease("/sys/recaption-no-such-out").acquire()
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["is-a-file", "under-a-file"])
+def test_an_output_that_is_a_file_is_one_line_exit_2(sam_tars: Path, tmp_path: Path, below: bool):
+    """Before: a FileExistsError / NotADirectoryError traceback from makedirs."""
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("not a folder")
+    out = blocker / "out" if below else blocker
+    r = subprocess.run(
+        [sys.executable, "-m", "recaption", "index", str(sam_tars), str(out)],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"{out}: cannot write to this output folder ({blocker} is a file, not a folder)" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert blocker.read_text() == "not a folder"
