@@ -82,6 +82,7 @@ def prepare_output(stage: Stage, output: str, shards: list[InputShard]) -> Stage
                 f"{output} was written by a different {old.get('stage')} run; refusing to mix outputs. "
                 "Changed: "
                 + "; ".join(changes)
+                + _source_changes(sd, shards)
                 + ". Use a new output folder, or delete this one to start over."
             )
     else:
@@ -92,6 +93,23 @@ def prepare_output(stage: Stage, output: str, shards: list[InputShard]) -> Stage
     sweep_leftovers(sd)
     redo_changed_inputs(sd, shards)
     return sd
+
+
+def _source_changes(sd: StageDir, shards: list[InputShard]) -> str:
+    """The input files finished shards were made from that the source no longer has: why the plan
+    changed, in file names."""
+    from recaption.shards.identity import shard_paths
+
+    recorded = {
+        i["path"] for s in sd.read_stats() for i in s.get("input_identity") or () if not i.get("companion")
+    }
+    if not recorded:
+        return ""
+    gone = sorted(recorded - {p for s in shards for p in shard_paths(s)})
+    if not gone:
+        return ""
+    more = ", …" if len(gone) > 3 else ""
+    return f" ({len(gone)} input file(s) no longer in the source: {', '.join(gone[:3])}{more})"
 
 
 def sweep_leftovers(sd: StageDir) -> None:

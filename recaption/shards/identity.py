@@ -4,7 +4,10 @@ Each finished shard's stats file records the identity of every file of its input
 and a version (the object's ETag on an object store, the modification time elsewhere). A rerun
 compares them with the files as they are now; a shard whose input changed is redone (its stats
 file removed first, so nothing downstream believes the old output meanwhile) and the log names
-the file; one whose input vanished is reported and kept.
+the file; one whose input vanished is reported and kept. A folder chunk's input also includes
+its images' caption sidecars and its folders' caption manifests (:func:`companion_paths`): editing
+or removing one redoes the shard. A sidecar added later is not noticed (absent ones are not
+recorded, which would double every stats file).
 
 Downstream stages (nouns and encode read caption shards) record the caption shard's identity the
 same way, so a redone caption shard makes its nouns and features shards be redone too.
@@ -35,9 +38,40 @@ def _version(info: dict[str, Any]) -> str:
     return ""
 
 
+SIDECAR_EXTS = ("txt", "json")  # photo.jpg's photo.txt caption and photo.json metadata
+MANIFEST_NAMES = ("metadata.jsonl", "metadata.csv")  # a folder's caption manifest (HF imagefolder)
+
+
 def shard_paths(shard: InputShard) -> list[str]:
     """The files an input shard reads: its folder chunk's files, or its one file."""
     return list(shard.files) if shard.files else [shard.uri]
+
+
+def _parent(p: str) -> str:
+    return posixpath.dirname(p.rstrip("/")) if "://" in p else os.path.dirname(p)
+
+
+def companion_paths(shard: InputShard) -> list[str]:
+    """Files beside a folder chunk's images that its rows are also made from: each image's
+    ``.txt``/``.json`` sidecar and the caption manifests of its folders (up to the source root).
+    A caption edited there must make the shard be redone like an edited image."""
+    if not shard.files:
+        return []
+    out: list[str] = []
+    own = set(shard.files)
+    root = shard.uri.rstrip("/")
+    folders: set[str] = set()
+    for f in shard.files:
+        base = f.rsplit(".", 1)[0] if "." in f.rsplit("/", 1)[-1] else f
+        out += [c for c in (f"{base}.{e}" for e in SIDECAR_EXTS) if c not in own]
+        d = _parent(f)
+        while d not in folders and d.startswith(root):
+            folders.add(d)
+            if d == root:
+                break
+            d = _parent(d)
+    out += [io.join(d, n) for d in sorted(folders) for n in MANIFEST_NAMES]
+    return out
 
 
 def _ident(url: str, info: dict[str, Any]) -> dict[str, Any]:
@@ -80,6 +114,9 @@ def identities(paths: Iterable[str], *, reuse_listings: bool = False) -> dict[st
             listed = _listing(parent, reuse_listings)
         for p in members:
             info = listed.get(p)
+            if info is None and listed and p.rsplit(".", 1)[-1] in SIDECAR_EXTS:
+                out[p] = None  # an absent sidecar: the listing says so, no request per image
+                continue
             if info is None or info.get("type") == "directory":
                 try:
                     info = io.info(p)
@@ -95,8 +132,17 @@ def identities(paths: Iterable[str], *, reuse_listings: bool = False) -> dict[st
 
 def shard_identity(shard: InputShard) -> list[dict[str, Any]]:
     """What the worker records in the shard's stats file (missing files are left out)."""
-    ids = identities(shard_paths(shard), reuse_listings=True)
-    return [i for i in ids.values() if i is not None]
+    paths = shard_paths(shard)
+    companions = companion_paths(shard)
+    companions_set = set(companions)
+    ids = identities(paths + companions, reuse_listings=True)
+    out: list[dict[str, Any]] = []
+    for p in paths + companions:
+        ident = ids.get(p)
+        if ident is not None:
+            # a companion that exists is recorded; its removal later changes the shard's rows
+            out.append({**ident, "companion": True} if p in companions_set else ident)
+    return out
 
 
 def changed_shards(
@@ -114,7 +160,10 @@ def changed_shards(
         for old in ids:
             cur = now.get(old["path"])
             if cur is None:
-                vanished[i] = f"{old['path']} no longer exists"
+                if old.get("companion"):  # a deleted caption sidecar or manifest: redo the rows
+                    changed[i] = f"{old['path']} was removed"
+                else:
+                    vanished[i] = f"{old['path']} no longer exists"
                 break
             if cur["size"] != old["size"] or (cur["version"] and cur["version"] != old["version"]):
                 what = (

@@ -6,9 +6,11 @@ disk, a conditional PUT ``If-None-Match: *`` on S3), so of two runs started toge
 gets it; the other is refused at once (:class:`LeaseHeldError`, exit code 2) naming the holder.
 
 A lease is stale when its heartbeat is older than the timeout (a killed run, a lost node), or at
-once when its holder is a process on this host that no longer exists. A stale lease is taken over
-with a log line; two runs racing to take over the same stale lease are decided by another atomic
-create (``_lease.json.takeover-<id>``), so again exactly one wins.
+once when its holder is a process on this host that no longer exists ("this host": same host name,
+kernel boot and pid namespace, so a container sharing the host's name never judges another's
+pid). A stale lease is taken over with a log line; two runs racing to take over the same stale
+lease are decided by another atomic create (``_lease.json.takeover-<id>``), so again exactly one
+wins.
 
 Leases are re-entrant within a process: ``recaption run`` holds its folder and every stage folder,
 and the runners it calls find them held already.
@@ -21,6 +23,7 @@ import errno
 import json
 import logging
 import os
+import posixpath
 import socket
 import threading
 import time
@@ -54,6 +57,21 @@ def lease_timeout() -> float:
         return DEFAULT_TIMEOUT
 
 
+def machine_id() -> str:
+    """This kernel boot and pid namespace (Linux), or "" where unknown.
+
+    A host name alone does not say whether a pid can be checked here: containers sharing the
+    host's network (``docker --net=host``, Kubernetes ``hostNetwork``) share its name but not its
+    process ids, and two machines may carry the same name.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -74,6 +92,7 @@ class LeaseInfo:
     started: float
     heartbeat: float
     command: str = ""
+    machine: str = ""  # :func:`machine_id` of the holder
 
     @classmethod
     def read(cls, url: str) -> LeaseInfo | None:
@@ -86,6 +105,7 @@ class LeaseInfo:
                 started=float(d["started"]),
                 heartbeat=float(d["heartbeat"]),
                 command=str(d.get("command", "")),
+                machine=str(d.get("machine", "")),
             )
         except FileNotFoundError:
             return None
@@ -99,12 +119,19 @@ class LeaseInfo:
     def stale_reason(self, timeout: float, now: float | None = None) -> str | None:
         """Why this lease no longer protects a live run, or None if it does."""
         now = time.time() if now is None else now
-        if self.host == socket.gethostname() and self.pid > 0 and not _pid_alive(self.pid):
+        if self.same_machine() and self.pid > 0 and not _pid_alive(self.pid):
             return f"its process {self.pid} on this host is gone"
         age = now - self.heartbeat
         if age > timeout:
             return f"no heartbeat for {age:.0f}s (timeout {timeout:.0f}s)"
         return None
+
+    def same_machine(self) -> bool:
+        """Whether the holder's pid means a process here (same host, boot and pid namespace)."""
+        if self.host != socket.gethostname():
+            return False
+        here = machine_id()
+        return not (self.machine and here and self.machine != here)
 
     def describe(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
@@ -120,6 +147,12 @@ def _not_writable(folder: str, e: OSError) -> OutputNotWritableError:
     reason = e.strerror or str(e)
     if isinstance(e, io.BucketMissingError):
         return OutputNotWritableError(str(e))
+    if e.errno in (errno.EEXIST, errno.ENOTDIR) and "://" not in folder:
+        # from makedirs: a file where a folder must be (the output itself, or a folder above it)
+        blocker = os.path.abspath(folder)
+        while not os.path.isfile(blocker) and os.path.dirname(blocker) != blocker:
+            blocker = os.path.dirname(blocker)
+        reason = f"{blocker} is a file, not a folder"
     return OutputNotWritableError(f"{folder}: cannot write to this output folder ({reason})")
 
 
@@ -139,6 +172,7 @@ class Lease:
             started=now,
             heartbeat=now,
             command=command,
+            machine=machine_id(),
         )
         self.lost = False
         self._stop = threading.Event()
@@ -168,16 +202,62 @@ class Lease:
                     break
             else:
                 raise LeaseHeldError(f"{self.folder}: could not take its lease ({self.url}); try again")
+            # Checked after taking our own, so of two runs starting together on nested folders at
+            # least one sees the other (both may be refused; neither ever gets through unseen).
+            self._refuse_if_nested()
         except OSError as e:
             if isinstance(e, io.BucketMissingError | PermissionError) or e.errno in (
                 errno.EACCES,
                 errno.EROFS,
                 errno.EPERM,
+                errno.ENOTDIR,
+                errno.EEXIST,  # only makedirs raises it here (create_exclusive returns False)
+                errno.ENOSPC,
             ):
                 raise _not_writable(self.folder, e) from None
             raise
         self._thread = threading.Thread(target=self._beat, name=f"lease {self.folder}", daemon=True)
         self._thread.start()
+
+    def _nested_leases(self) -> list[tuple[str, LeaseInfo]]:
+        """Live leases of other processes on a folder above this one or inside it."""
+        fs, path = io.fs_path(self.folder)
+        path = path.rstrip("/")
+        urls: list[str] = []
+        parent = posixpath.dirname(path)
+        while parent and parent != path:
+            urls.append(io.to_url(fs, posixpath.join(parent, LEASE_FILE)))
+            path, parent = parent, posixpath.dirname(parent)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            urls += [u for u in io.walk_files(self.folder) if io.basename(u) == LEASE_FILE and u != self.url]
+        out = []
+        for url in urls:
+            try:
+                info = LeaseInfo.read(url)
+            except OSError:  # a folder above we may not read (another user's, a bucket's root)
+                continue
+            if info is None or (info.same_machine() and info.pid == self.info.pid):
+                continue  # this process's own (``recaption run`` holds its folder and its stages')
+            if info.stale_reason(self.timeout) is None:
+                out.append((url, info))
+        return out
+
+    def _refuse_if_nested(self) -> None:
+        """A run writing into a folder inside another live run's (or around it) is refused too:
+        its sweep of leftovers would delete the other's temporary files and abort its uploads."""
+        nested = self._nested_leases()
+        if not nested:
+            return
+        url, info = nested[0]
+        with contextlib.suppress(Exception):
+            io.remove(self.url)
+        where = posixpath.dirname(url) if "://" in url else os.path.dirname(url)
+        inside = _key(where).startswith(_key(self.folder) + "/")
+        raise LeaseHeldError(
+            f"{self.folder} {'contains' if inside else 'is inside'} {where}, which is being written by "
+            f"another run: {info.describe()}. Choose an output folder that neither contains nor is "
+            "inside another run's, or wait for that run to finish"
+        )
 
     def _take_over(self, held: LeaseInfo, reason: str) -> bool:
         token = f"{self.url}.takeover-{held.id}"

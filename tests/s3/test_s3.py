@@ -158,6 +158,27 @@ def test_a_second_run_on_an_s3_folder_is_refused(s3: S3, tmp_path: Path):
     assert StageDir(out).done_indices() == {0, 1}
 
 
+def test_a_run_on_an_s3_folder_around_a_live_runs_folder_is_refused(s3: S3, tmp_path: Path):
+    """A run on `out` while another writes `out/inner`: its sweep would abort the other's multipart
+    uploads and delete its unmarked objects; it is refused instead, and the other completes."""
+    inputs = _blob_inputs(s3, 2)
+    inner, out = s3.url("nest", "inner"), s3.url("nest")
+    stall = tmp_path / "stall"
+    stall.touch()
+    proc = _start(s3, inputs=list(inputs), output=inner, rows=1, nbytes=100, stall_file=str(stall))
+    try:
+        _wait(lambda: io.exists(io.join(inner, "_progress", "part-00000.json")), what="the first run")
+        with pytest.raises(LeaseHeldError, match=f"contains {inner}, which is being written.*pid {proc.pid}"):
+            run_local(BlobStage(inputs=inputs, output=out, rows=1, nbytes=100), out, progress=False)
+        assert not io.exists(io.join(out, "_lease.json"))
+        stall.unlink()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert StageDir(inner).done_indices() == {0, 1}
+
+
 def test_a_missing_output_bucket_is_refused_not_created(s3: S3, monkeypatch: pytest.MonkeyPatch):
     inputs = _blob_inputs(s3, 1)
     out = "s3://typo-bkt-recaption/out"
@@ -189,3 +210,22 @@ def test_listings_are_fresh_after_another_process_writes(s3: S3):
     assert [io.basename(u) for u in io.listdir(folder)] == ["_sub", "a.json", "b.json"]
     assert io.exists(io.join(folder, "b.json"))
     assert [io.basename(u) for u in io.listdir(io.join(folder, "_sub"))] == ["c.json"]
+
+
+def test_an_edited_caption_sidecar_on_s3_changes_its_shards_identity(s3: S3):
+    """Loose images with .txt sidecars on S3: the sidecar is part of the shard's identity (found in
+    the folder's one listing; absent sidecars cost no request), and an edit is noticed."""
+    from recaption.readers.base import InputShard
+    from recaption.shards.identity import changed_shards, shard_identity
+
+    folder = s3.url("photos")
+    images = tuple(io.join(folder, f"img{i}.jpg") for i in range(3))
+    for u in images:
+        io.write_bytes_atomic(u, b"jpeg")
+    io.write_bytes_atomic(io.join(folder, "img0.txt"), b"a red cat")
+    shard = InputShard(index=0, uri=folder, files=images, kind="folder")
+    ids = shard_identity(shard)
+    assert [io.basename(i["path"]) for i in ids] == ["img0.jpg", "img1.jpg", "img2.jpg", "img0.txt"]
+    io.write_bytes_atomic(io.join(folder, "img0.txt"), b"a red dog")
+    changed, vanished = changed_shards({0: ids}, {0: shard})
+    assert "img0.txt changed" in changed[0] and not vanished

@@ -91,3 +91,72 @@ def test_a_replaced_tar_is_recaptioned_and_its_nouns_and_features_redone(
         assert (stats[0]["rows"], stats[1]["rows"]) == (4, 4), folder
         assert [s["shard"] for s in result.summaries[stage].done] == [0], stage
     assert json.loads((out / "summary.json").read_text())["totals"]["caption"]["rows"] == 8
+
+
+def _folder_with_captions(root: Path, n: int = 3) -> None:
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(root / f"img{i}.jpg")
+        (root / f"img{i}.txt").write_text(f"a red cat number {i}")
+
+
+def _captions(out: Path) -> dict[str, str | None]:
+    df = pd.read_parquet(out)
+    return {k: (None if pd.isna(c) else c) for k, c in zip(df["key"], df["raw_caption"], strict=True)}
+
+
+def test_an_edited_or_removed_caption_sidecar_redoes_its_shard(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """photo.jpg + photo.txt: the caption is part of the shard's input. Before, an edited .txt
+    (here the same size: cat → dog) left the old caption in the output ("1 shard already done")."""
+    src, out = tmp_path / "photos", tmp_path / "out"
+    _folder_with_captions(src)
+    assert run_local(IndexStage(source=open_source(str(src))), str(out), progress=False).ok
+    assert _captions(out)["img0"] == "a red cat number 0"
+    (src / "img0.txt").write_text("a red dog number 0")
+    with caplog.at_level("WARNING", logger="recaption"):
+        second = run_local(IndexStage(source=open_source(str(src))), str(out), progress=False)
+    assert [s["shard"] for s in second.done] == [0]
+    assert any("img0.txt changed" in r.message and "redoing it" in r.message for r in caplog.records)
+    assert _captions(out)["img0"] == "a red dog number 0"
+    (src / "img1.txt").unlink()
+    third = run_local(IndexStage(source=open_source(str(src))), str(out), progress=False)
+    assert [s["shard"] for s in third.done] == [0]
+    assert _captions(out)["img1"] is None
+    fourth = run_local(IndexStage(source=open_source(str(src))), str(out), progress=False)
+    assert fourth.done == []  # nothing changed since: nothing redone
+
+
+def test_an_edited_caption_manifest_redoes_the_shards_it_captions(tmp_path: Path):
+    src, out = tmp_path / "photos", tmp_path / "out"
+    _folder_with_captions(src)
+    for i in range(3):
+        (src / f"img{i}.txt").unlink()
+    rows = [{"file_name": f"img{i}.jpg", "text": f"a cat {i}"} for i in range(3)]
+    (src / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run_local(IndexStage(source=open_source(str(src))), str(out), progress=False).ok
+    assert _captions(out)["img2"] == "a cat 2"
+    rows[2]["text"] = "a dog 2"
+    (src / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = run_local(IndexStage(source=open_source(str(src))), str(out), progress=False)
+    assert [s["shard"] for s in again.done] == [0]
+    assert _captions(out)["img2"] == "a dog 2"
+
+
+def test_a_removed_input_tar_is_named_when_the_rerun_is_refused(tmp_path: Path):
+    """A vanished tar changes the plan, so the rerun is refused (nothing would line up): the
+    message names the file, not only a changed plan digest."""
+    from recaption.runner.base import OutputConflictError
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    for t in range(3):
+        write_tar(src / f"sa_{t:06d}.tar", sam_member_pairs(t * 10, 2))
+    assert run_local(IndexStage(source=open_source(str(src))), str(out), progress=False).ok
+    (src / "sa_000001.tar").unlink()
+    with pytest.raises(
+        OutputConflictError, match=r"1 input file\(s\) no longer in the source: .*sa_000001\.tar"
+    ):
+        run_local(IndexStage(source=open_source(str(src))), str(out), progress=False)

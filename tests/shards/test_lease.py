@@ -92,6 +92,66 @@ def test_a_second_run_is_refused_at_once_and_the_first_completes_untouched(sam_t
     assert not (out / LEASE_FILE).exists()  # released at the end
 
 
+def _slow_index(src: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from recaption.readers import open_source; from recaption.runner import run_local;"
+            "from tests.runner.stages import SlowIndexStage;"
+            "s = run_local(SlowIndexStage(source=open_source(sys.argv[1]), seconds=0.6), sys.argv[2],"
+            " progress=False);"
+            "print(s.failed); sys.exit(0 if s.ok else 1)",
+            str(src),
+            str(out),
+        ],
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("second_inside", [False, True], ids=["around", "inside"])
+def test_a_run_on_a_folder_around_or_inside_a_live_runs_is_refused(
+    sam_tars: Path, tmp_path: Path, second_inside: bool
+):
+    """A run writing `out/inner` and a second on `out` (or the reverse): the second is refused,
+    exit 2, naming the holder; the first completes. Before, a second run on `out` took its own
+    lease, swept `out` recursively and deleted the first's temporary file in `out/inner`: the
+    first failed with `FileNotFoundError ... .part-00000.parquet.tmp-…`."""
+    first_out = tmp_path / "out" if second_inside else tmp_path / "out" / "inner"
+    second_out = tmp_path / "out" / "inner" if second_inside else tmp_path / "out"
+    first = _slow_index(sam_tars, first_out)
+    try:
+        deadline = time.time() + 60
+        while not list(first_out.glob(".part-*.tmp-*")) and time.time() < deadline:
+            time.sleep(0.02)
+        second = subprocess.run(
+            [sys.executable, "-m", "recaption", "index", str(sam_tars), str(second_out)],
+            env=_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert second.returncode == 2, second.stderr
+        assert "being written by another run" in second.stderr
+        assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr
+        assert first.poll() is None, "the first run must still be running when the second is refused"
+        stdout, _ = first.communicate(timeout=120)
+        assert first.returncode == 0, stdout
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert sorted(p.name for p in first_out.glob("part-*.parquet")) == [
+        f"part-{i:05d}.parquet" for i in range(4)
+    ]
+    assert not (second_out / "_stage.json").exists()  # refused before writing anything
+    assert not (second_out / LEASE_FILE).exists()  # and its own lease given back
+
+
 def test_a_rerun_with_other_settings_cannot_mix_into_a_live_run(tmp_path: Path, tiny_models: dict[str, str]):
     """Issue 10.1's story: `--set caption.max_new_tokens=6` started while a run with 24 writes the
     folder. It is refused before it records anything (today it rewrote pipeline.yaml and both
@@ -144,6 +204,25 @@ def test_a_lease_of_a_dead_process_is_taken_over_with_a_log_line(
         summary = run_local(IndexStage(source=open_source(str(sam_tars))), str(out), progress=False)
     assert summary.ok and len(summary.done) == 4
     assert any("taking over a stale lease" in r.message and "is gone" in r.message for r in caplog.records)
+
+
+def test_a_lease_from_another_pid_namespace_with_this_host_name_is_not_judged_by_its_pid(
+    sam_tars: Path, tmp_path: Path
+):
+    """Containers sharing the host's network (docker --net=host, hostNetwork pods) share its name
+    but not its pids: a live run's pid there is "gone" here. Before, its lease was taken over at
+    once and its temporary files swept; it is live until its heartbeat times out."""
+    out = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = time.time()
+    lease = {"id": "container", "host": socket.gethostname(), "pid": dead.pid, "started": now}
+    lease |= {"heartbeat": now, "command": "run", "machine": "another-boot/pid:[4026532999]"}
+    out.mkdir()
+    (out / LEASE_FILE).write_text(json.dumps(lease))
+    with pytest.raises(LeaseHeldError, match=f"pid {dead.pid}"):
+        run_local(IndexStage(source=open_source(str(sam_tars))), str(out), progress=False)
+    assert json.loads((out / LEASE_FILE).read_text())["id"] == "container"
 
 
 def test_another_hosts_lease_is_live_until_its_heartbeat_times_out(sam_tars: Path, tmp_path: Path):
@@ -218,3 +297,24 @@ def test_an_unwritable_output_is_one_line_exit_2_before_any_work(sam_tars: Path)
     assert "Traceback" not in r.stderr
     with pytest.raises(OutputNotWritableError):
         Lease("/sys/recaption-no-such-out").acquire()
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["is-a-file", "under-a-file"])
+def test_an_output_that_is_a_file_is_one_line_exit_2(sam_tars: Path, tmp_path: Path, below: bool):
+    """Before: a FileExistsError / NotADirectoryError traceback from makedirs."""
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("not a folder")
+    out = blocker / "out" if below else blocker
+    r = subprocess.run(
+        [sys.executable, "-m", "recaption", "index", str(sam_tars), str(out)],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"{out}: cannot write to this output folder ({blocker} is a file, not a folder)" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert blocker.read_text() == "not a folder"
