@@ -17,6 +17,13 @@ Prints a table of images/s and the ratio to plain batch 64, and writes it as JSO
     python benchmarks/caption_gpu.py                 # full run (~3 min on an H200, model build included)
     python benchmarks/caption_gpu.py --quick         # fewer images per setting
     python benchmarks/caption_gpu.py --tiny --quick  # CPU dry run on the tiny model (seconds)
+    python benchmarks/caption_gpu.py --family qwen2.5-vl --quick   # another family's 7B/8B architecture
+    python benchmarks/caption_gpu.py --family idefics3 --tiny --quick  # that family's tiny model (CPU)
+
+``--family`` (default ``llava``: LLaVA-1.5-7B as below) builds ``llava-next`` (llava-v1.6-mistral-7b),
+``qwen2-vl`` / ``qwen2.5-vl`` (the 7B Instruct models) or ``idefics3`` (Idefics3-8B-Llama3) from the
+configuration values in :data:`REAL_ARCHITECTURES`, with the family's tiny tokenizer (the hub's
+vocabulary size kept in the embedding) and the checkpoint's image settings on its processor.
 
 Measured on 2026-11-26, one NVIDIA H200 (torch 2.11, transformers 5.24, 16-core VM), 128 tokens per
 image, 606 input tokens; two runs on the same warm machine, each with its own plain baselines:
