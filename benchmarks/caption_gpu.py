@@ -153,6 +153,12 @@ def llava15_processor() -> Any:
 # The published 7B/8B checkpoints' architectures, from their config.json on the hub (no download:
 # the values are written here). Token ids come from the local tiny tokenizer; the embedding keeps
 # the hub's vocabulary size, so the text model's cost is the real one.
+# Checked (2026-12-02, the `search` tool, no hub access) against public copies of those config.json
+# files and module dumps: Qwen2.5-VL-7B's vision block (1280 wide, MLP 3420, window 112, full attention
+# in 7/15/23/31, merger to 3584) and text model (3584, 28 layers, 4 KV heads, vocab 152064); Idefics3-8B's
+# SigLIP (1152, 27 layers, 16 heads, 364 px, patch 14), text (4096, vocab 128259, 8 KV heads, MLP 14336)
+# and scale_factor 2; llava-v1.6-mistral's vocab 32064. The built models' parameter counts match the
+# hub's (7.57B, 8.29B, 8.29B, 8.46B; tests/captioner/test_benchmark_dry_run.py checks them).
 REAL_ARCHITECTURES: dict[str, dict[str, Any]] = {
     # llava-hf/llava-v1.6-mistral-7b-hf: CLIP ViT-L/14-336 + Mistral-7B-Instruct-v0.2, 5 any-res canvases
     "llava-next": {
