@@ -17,6 +17,13 @@ Prints a table of images/s and the ratio to plain batch 64, and writes it as JSO
     python benchmarks/caption_gpu.py                 # full run (~3 min on an H200, model build included)
     python benchmarks/caption_gpu.py --quick         # fewer images per setting
     python benchmarks/caption_gpu.py --tiny --quick  # CPU dry run on the tiny model (seconds)
+    python benchmarks/caption_gpu.py --family qwen2.5-vl --quick   # another family's 7B/8B architecture
+    python benchmarks/caption_gpu.py --family idefics3 --tiny --quick  # that family's tiny model (CPU)
+
+``--family`` (default ``llava``: LLaVA-1.5-7B as below) builds ``llava-next`` (llava-v1.6-mistral-7b),
+``qwen2-vl`` / ``qwen2.5-vl`` (the 7B Instruct models) or ``idefics3`` (Idefics3-8B-Llama3) from the
+configuration values in :data:`REAL_ARCHITECTURES`, with the family's tiny tokenizer (the hub's
+vocabulary size kept in the embedding) and the checkpoint's image settings on its processor.
 
 Measured on 2026-11-26, one NVIDIA H200 (torch 2.11, transformers 5.24, 16-core VM), 128 tokens per
 image, 606 input tokens; two runs on the same warm machine, each with its own plain baselines:
@@ -143,10 +150,222 @@ def llava15_processor() -> Any:
     )
 
 
+# The published 7B/8B checkpoints' architectures, from their config.json on the hub (no download:
+# the values are written here). Token ids come from the local tiny tokenizer; the embedding keeps
+# the hub's vocabulary size, so the text model's cost is the real one.
+# Checked (2026-12-02, the `search` tool, no hub access) against public copies of those config.json
+# files and module dumps: Qwen2.5-VL-7B's vision block (1280 wide, MLP 3420, window 112, full attention
+# in 7/15/23/31, merger to 3584) and text model (3584, 28 layers, 4 KV heads, vocab 152064); Idefics3-8B's
+# SigLIP (1152, 27 layers, 16 heads, 364 px, patch 14), text (4096, vocab 128259, 8 KV heads, MLP 14336)
+# and scale_factor 2; llava-v1.6-mistral's vocab 32064. The built models' parameter counts match the
+# hub's (7.57B, 8.29B, 8.29B, 8.46B; tests/captioner/test_benchmark_dry_run.py checks them).
+REAL_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    # llava-hf/llava-v1.6-mistral-7b-hf: CLIP ViT-L/14-336 + Mistral-7B-Instruct-v0.2, 5 any-res canvases
+    "llava-next": {
+        "checkpoint": "llava-hf/llava-v1.6-mistral-7b-hf",
+        "top": {
+            "vision_feature_layer": -2,
+            "vision_feature_select_strategy": "default",
+            "projector_hidden_act": "gelu",
+            "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        },
+        "text": {
+            "model_type": "mistral",
+            "vocab_size": 32064,
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "max_position_embeddings": 32768,
+            "rms_norm_eps": 1e-5,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+            "sliding_window": None,
+            "tie_word_embeddings": False,
+        },
+        "vision": {
+            "model_type": "clip_vision_model",
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "image_size": 336,
+            "patch_size": 14,
+            "projection_dim": 768,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5,
+        },
+    },
+    # Qwen/Qwen2-VL-7B-Instruct: 675M-parameter ViT (32 blocks, 1280 wide) + Qwen2-7B
+    "qwen2-vl": {
+        "checkpoint": "Qwen/Qwen2-VL-7B-Instruct",
+        "top": {},
+        "text": {
+            "model_type": "qwen2_vl_text",
+            "vocab_size": 152064,
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "head_dim": 128,
+            "max_position_embeddings": 32768,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {
+                "rope_type": "default",
+                "mrope_section": [16, 24, 24],
+                "rope_theta": 1000000.0,
+            },
+            "tie_word_embeddings": False,
+        },
+        "vision": {
+            "model_type": "qwen2_vl",
+            "depth": 32,
+            "embed_dim": 1280,
+            "hidden_size": 3584,
+            "hidden_act": "quick_gelu",
+            "mlp_ratio": 4,
+            "num_heads": 16,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+    },
+    # Qwen/Qwen2.5-VL-7B-Instruct: windowed-attention ViT (full attention in blocks 7/15/23/31) + Qwen2.5-7B
+    "qwen2.5-vl": {
+        "checkpoint": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "top": {},
+        "text": {
+            "model_type": "qwen2_5_vl_text",
+            "vocab_size": 152064,
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "head_dim": 128,
+            "max_position_embeddings": 128000,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {
+                "rope_type": "default",
+                "mrope_section": [16, 24, 24],
+                "rope_theta": 1000000.0,
+            },
+            "tie_word_embeddings": False,
+        },
+        "vision": {
+            "model_type": "qwen2_5_vl",
+            "depth": 32,
+            "hidden_size": 1280,
+            "intermediate_size": 3420,
+            "hidden_act": "silu",
+            "num_heads": 16,
+            "out_hidden_size": 3584,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [7, 15, 23, 31],
+        },
+    },
+    # HuggingFaceM4/Idefics3-8B-Llama3: SigLIP-so400m at 364 px tiles + Llama-3.1-8B-Instruct
+    "idefics3": {
+        "checkpoint": "HuggingFaceM4/Idefics3-8B-Llama3",
+        "top": {"scale_factor": 2},
+        "text": {
+            "model_type": "llama",
+            "vocab_size": 128259,
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "max_position_embeddings": 131072,
+            "rms_norm_eps": 1e-5,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+            "tie_word_embeddings": False,
+        },
+        "vision": {
+            "model_type": "idefics3_vision",
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_hidden_layers": 27,
+            "num_attention_heads": 16,
+            "image_size": 364,
+            "patch_size": 14,
+        },
+    },
+}
+# Token ids the real text config takes from the tiny tokenizer (not from the hub's numbering).
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def real_family_config(family: str, tiny_config: Any) -> Any:
+    """The family's published 7B/8B architecture: the tiny config's token ids, the hub's sizes."""
+    arch = REAL_ARCHITECTURES[family]
+    data = tiny_config.to_dict()
+    tiny_text = data["text_config"]
+    data["text_config"] = {**{k: tiny_text.get(k) for k in TOKEN_ID_KEYS}, **arch["text"]}
+    data["vision_config"] = dict(arch["vision"])
+    data.update(arch["top"])
+    for key in ("architectures", "_name_or_path", "transformers_version", "dtype", "torch_dtype"):
+        data.pop(key, None)
+    return type(tiny_config).from_dict(data)
+
+
+def real_family_processor(family: str, processor: Any) -> Any:
+    """Set the checkpoint's image settings on the tiny processor (its tokenizer stays)."""
+    from recaption.captioner.families import family as family_module
+
+    ip = processor.image_processor
+    if family == "llava-next":  # llava-v1.6 preprocessor_config.json
+        ip.size = {"shortest_edge": 336}
+        ip.crop_size = {"height": 336, "width": 336}
+        ip.image_grid_pinpoints = REAL_ARCHITECTURES[family]["top"]["image_grid_pinpoints"]
+    elif family in ("qwen2-vl", "qwen2.5-vl"):
+        # Qwen's min_pixels, and its recommended captioning budget (1280 tokens) as max_pixels: the
+        # checkpoint's 12.8 MP default would give a 16k-token prompt per large photo.
+        family_module(family).apply_options(processor, {"min_pixels": 3136, "max_pixels": 1280 * 28 * 28})
+    elif family == "idefics3":  # Idefics3-8B: 364 px tiles, 4 per side, 169 tokens per tile
+        ip.max_image_size = {"longest_edge": 364}
+        family_module(family).apply_options(processor, {"longest_edge": 4 * 364, "do_image_splitting": True})
+        processor.image_seq_len = (364 // 14) ** 2 // 2**2
+    return processor
+
+
+def build_family(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
+    """The family's tiny model (``--tiny``), or its real architecture with random bf16 weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from recaption.captioner.families import family as family_module
+    from recaption.captioner.families import load_processor
+
+    folder = family_module(args.family).build_tiny(Path(tempfile.mkdtemp(prefix="tiny-family-")) / "model")
+    tiny_config = AutoConfig.from_pretrained(folder)
+    processor = load_processor(tiny_config.model_type, folder)
+    if args.tiny:
+        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+        return model.to(device).eval(), processor, f"tiny-{args.family} (random)"
+    config = real_family_config(args.family, tiny_config)
+    processor = real_family_processor(args.family, processor)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(
+            config, dtype=torch.bfloat16, attn_implementation=args.attn
+        ).eval()
+    checkpoint = REAL_ARCHITECTURES[args.family]["checkpoint"]
+    return model, processor, f"{args.family}: {checkpoint} architecture (random bf16)"
+
+
 def build_model(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
 
+    if args.family != "llava":
+        return build_family(args, device)
     if args.tiny:
         from recaption.captioner.tiny import build_tiny_llava
 
@@ -424,6 +643,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=Path, default=None, help="folder of images (default: shared web_pairs)")
     ap.add_argument("--tiny", action="store_true", help="tiny random LLaVA (CPU dry run)")
+    ap.add_argument(
+        "--family",
+        choices=("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "idefics3"),
+        default="llava",
+        help="model family: its published 7B/8B architecture (random weights), or its tiny model with --tiny",
+    )
     ap.add_argument("--quick", action="store_true", help="fewer images per setting")
     ap.add_argument(
         "--new-tokens", type=int, default=None, help="generated tokens per image (default 128; tiny 16)"
@@ -481,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "new_tokens": new_tokens,
+        "family": args.family,
         "rows": [],
         "notes": [],
     }

@@ -7,6 +7,10 @@
 #   realistic workload (row lengths drawn from real dense captions, rows ending there, the automatic
 #   batch and the fixed per-worker cache) and reports padding waste. GPU_CHECK_TINY=1 runs the
 #   benchmarks' tiny CPU versions: a dry run of this script on any machine.
+#   GPU_CHECK_FAMILIES="qwen2.5-vl llava-next" adds, after the caption step, one caption run per
+#   family (its published 7B/8B architecture, random weights: plain generate against the captioner's
+#   automatic static-cache batch). Default: none, so the prepared run's time is unchanged; each
+#   family adds up to 4 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-out}"
@@ -54,5 +58,11 @@ if [[ " $STEPS " == *" caption "* ]]; then
   timeout $((240 * SCALE)) python3 benchmarks/caption_gpu.py $TINY --quick --lengths real --json "$OUT/caption.json" \
     2>&1 | tee "$OUT/caption.log" || failed caption
 fi
+for family in ${GPU_CHECK_FAMILIES:-}; do
+  step "$family architecture, real caption lengths: plain generate against the captioner"
+  timeout $((240 * SCALE)) python3 benchmarks/caption_gpu.py $TINY --quick --lengths real --family "$family" \
+    --variants static-auto:static:0 --budget-s 150 --json "$OUT/caption_$family.json" \
+    2>&1 | tee "$OUT/caption_$family.log" || failed "caption-$family"
+done
 step "done"
 if [ -n "$FAILED" ]; then echo "failed steps:$FAILED"; exit 1; fi
