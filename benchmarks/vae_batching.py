@@ -7,15 +7,15 @@ The encode stage reads rows in batches of ``--batch-rows``; the baseline splits 
 resolution and bucket and encodes it alone (the old path, ``vae_queues=False``), the new path
 keeps per-(resolution, bucket) queues across batches, flushed at the shard's end
 (:mod:`recaption.encoder.vae_queue`). Images: the shared web images (``web_pairs``), or a generated
-mix of web-like sizes when absent. Two parts, both modes in the same run:
-
-The shard is ``--shard-rows`` rows (the images repeated).
+mix of web-like sizes when absent; the shard is ``--shard-rows`` rows (the images repeated).
+Two parts, both modes in the same run:
 
 1. batching at ``--resolutions`` with the default batch sizes (8 images at 1024², by pixels): the
    VAE forward pass is replaced by a stub, so this counts passes, mean images per pass, the fill
    (images over what a full batch of that bucket holds) and distinct shapes, quickly on a CPU;
 2. images/s with the tiny random-weight VAE on the CPU at ``--timed-resolutions`` (the real
-   forward passes; a CPU's speed barely depends on batch size, a GPU's does: see vae_gpu.py).
+   forward passes; a shared CPU's figures are noisy, and a GPU's gain from full batches is
+   larger and not measured here: see vae_gpu.py).
 """
 
 from __future__ import annotations
