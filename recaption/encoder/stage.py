@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,16 @@ def encode_configs(
 
 
 @dataclass
+class _PendingBatch:
+    """A row batch whose T5 columns are done and whose latents wait in the VAE queues."""
+
+    ok: list[tuple[dict[str, Any], Any]]
+    rows: list[dict[str, Any]]
+    failed: set[int]
+    tags: list[int]
+
+
+@dataclass
 class EncodeStage(Stage):
     """T5 features and VAE latents for every captioned sample of a caption-shard folder."""
 
@@ -119,6 +130,12 @@ class EncodeStage(Stage):
     # Rows whose generated captions carry these flags (length, repetition, fallback, error) are
     # dropped, each with a manifest row; see recaption.encoder.flags.
     drop_flagged: tuple[str, ...] = ()
+    # VAE batching (not in the fingerprint: the latents do not depend on it). True: images wait in
+    # per-(resolution, bucket) queues across row batches until a VAE batch is full (flushed at the
+    # shard's end); False: each row batch is encoded on its own (part-full batches).
+    vae_queues: bool = True
+    # Images whose latents are pending in those queues at most; over it the fullest queue runs.
+    vae_queue_images: int = 256
     name = "encode"
 
     def __post_init__(self) -> None:
@@ -143,6 +160,8 @@ class EncodeStage(Stage):
             )
         if self.batch_rows < 1:
             raise ConfigError("batch_rows", self.batch_rows, "a positive number of samples")
+        if self.vae_queue_images < 1:
+            raise ConfigError("vae_queue_images", self.vae_queue_images, "a positive number of images")
         if self.max_file_rows is not None and self.max_file_rows < 1:
             raise ConfigError("--max-file-rows", self.max_file_rows, "a positive number of rows, or none")
         if self.max_file_bytes is not None and self.max_file_bytes < 1:
@@ -320,6 +339,12 @@ class EncodeStage(Stage):
             d = decode_image(opener.read(ref), max_pixels=self.max_pixels)
             return d.image, (d.width, d.height)
 
+        from recaption.encoder.vae_queue import BucketQueues
+
+        queues = BucketQueues(self._image_enc, self.vae_queue_images) if self._image_enc is not None else None
+        # row batches whose latents are not all done yet, oldest first: written in this order
+        pending: deque[_PendingBatch] = deque()
+        seq = 0
         try:
             for batch in prefetch_batches(todo, load, self.batch_rows, workers=self.decode_threads, depth=2):
                 ok: list[tuple[dict[str, Any], Any]] = []
@@ -341,11 +366,50 @@ class EncodeStage(Stage):
                 if not ok:
                     out.progress(len(batch.items))
                     continue
-                out.write(self._encode(ok, out, text_rows))
+                if queues is None:
+                    out.write(self._encode(ok, out, text_rows))
+                else:
+                    rows, failed = self._encode_text(ok, out, text_rows)
+                    tags = []
+                    for _r, (img, size) in ok:
+                        tags.append(seq)
+                        queues.add(seq, img, size)
+                        seq += 1
+                    pending.append(_PendingBatch(ok, rows, failed, tags))
+                    if not self.vae_queues:
+                        queues.flush()
+                    self._write_ready(pending, queues, out)
                 out.progress(len(batch.items))
+            if queues is not None:
+                queues.flush()  # the shard's end: every part-full queue
+                self._write_ready(pending, queues, out)
+                if pending:
+                    raise RuntimeError(f"{len(pending)} row batches still wait for latents after the flush")
         finally:
             opener.close()  # temporary files of decompressed .tar.gz shards
-        return {"encoder": self._stats()}
+        stats: dict[str, Any] = {"encoder": self._stats()}
+        if queues is not None:
+            q = queues.stats
+            stats["encoder"]["vae_batches"] = {
+                "batches": q.batches,
+                "images": q.images,
+                "fill": round(q.fill, 4),
+                "full_batches": q.full_batches,
+                "cap_flushes": q.cap_flushes,
+                "shapes": len(q.shapes),
+            }
+        return stats
+
+    def _write_ready(self, pending: deque[_PendingBatch], queues: Any, out: ShardOutput) -> None:
+        """Write the oldest row batches whose latents have all arrived, in their original order."""
+        while pending and all(queues.ready(t) for t in pending[0].tags):
+            b = pending.popleft()
+            results = [queues.pop(t) for t in b.tags]
+            rows = self._encode_images(
+                b.ok, b.rows, b.failed, [x[0] for x in results], [x[1] for x in results], out
+            )
+            out.count("encoded", len(rows))
+            out.write(rows)
 
     def _text_rows(self, shard: InputShard) -> dict[str, dict[str, Any]]:
         from recaption.shards.layout import StageDir
@@ -365,6 +429,26 @@ class EncodeStage(Stage):
         out: ShardOutput,
         text_rows: dict[str, dict[str, Any]] | None,
     ) -> list[dict[str, Any]]:
+        """One row batch encoded at once (text only: the VAE path queues images across batches)."""
+        rows, failed = self._encode_text(ok, out, text_rows)
+        if self._image_enc is not None:
+            images = [v[0] for _, v in ok]
+            sizes = [v[1] for _, v in ok]
+            per_res = self._image_enc.encode_all(images, sizes)
+            square = self._image_enc.encode_all_square(images, sizes)
+            rows = self._encode_images(ok, rows, failed, per_res, square, out)
+        else:
+            rows = [row for i, row in enumerate(rows) if i not in failed]
+        out.count("encoded", len(rows))
+        return rows
+
+    def _encode_text(
+        self,
+        ok: list[tuple[dict[str, Any], Any]],
+        out: ShardOutput,
+        text_rows: dict[str, dict[str, Any]] | None,
+    ) -> tuple[list[dict[str, Any]], set[int]]:
+        """The rows' reference and T5 columns; the indices whose T5 features failed."""
         rows = [
             {k: r.get(k) for k in ("key", "image_uri", "image_member", "image_offset", "image_length")}
             | {"width": r.get("width"), "height": r.get("height")}
@@ -411,36 +495,39 @@ class EncodeStage(Stage):
             for row, (r, _) in zip(rows, ok, strict=True):
                 src = text_rows[r["key"]]
                 row.update({k: v for k, v in src.items() if k.startswith("t5_")})
-        if self._image_enc is not None:
-            images = [v[0] for _, v in ok]
-            sizes = [v[1] for _, v in ok]
-            for row, (w, h) in zip(rows, sizes, strict=True):
-                row["width"], row["height"] = w, h
-            for i, (row, per_res) in enumerate(
-                zip(rows, self._image_enc.encode_all(images, sizes), strict=True)
-            ):
-                errors = [lat.error for lat in per_res.values() if lat.error]
-                if errors:
-                    if i not in failed:
-                        out.fail(self._failure(ok[i][0], errors[0]))
-                    failed.add(i)
-                    continue
-                for lat in per_res.values():
-                    row.update(lat.row())
-            for i, (row, per_res) in enumerate(
-                zip(rows, self._image_enc.encode_all_square(images, sizes), strict=True)
-            ):
-                errors = [lat.error for lat in per_res.values() if getattr(lat, "error", None)]
-                if errors:
-                    if i not in failed:
-                        out.fail(self._failure(ok[i][0], errors[0]))
-                    failed.add(i)
-                    continue
-                for lat in per_res.values():
-                    row.update(lat.square_row())
-        rows = [row for i, row in enumerate(rows) if i not in failed]
-        out.count("encoded", len(rows))
-        return rows
+        return rows, failed
+
+    def _encode_images(
+        self,
+        ok: list[tuple[dict[str, Any], Any]],
+        rows: list[dict[str, Any]],
+        failed: set[int],
+        per_res_all: list[dict[int, Any]],
+        square_all: list[dict[int, Any]],
+        out: ShardOutput,
+    ) -> list[dict[str, Any]]:
+        """Add each row's latents (a failed latent fails its row); the rows that succeeded."""
+        for row, (_, (_, (w, h))) in zip(rows, ok, strict=True):
+            row["width"], row["height"] = w, h
+        for i, (row, per_res) in enumerate(zip(rows, per_res_all, strict=True)):
+            errors = [lat.error for lat in per_res.values() if lat.error]
+            if errors:
+                if i not in failed:
+                    out.fail(self._failure(ok[i][0], errors[0]))
+                failed.add(i)
+                continue
+            for lat in per_res.values():
+                row.update(lat.row())
+        for i, (row, per_res) in enumerate(zip(rows, square_all, strict=True)):
+            errors = [lat.error for lat in per_res.values() if getattr(lat, "error", None)]
+            if errors:
+                if i not in failed:
+                    out.fail(self._failure(ok[i][0], errors[0]))
+                failed.add(i)
+                continue
+            for lat in per_res.values():
+                row.update(lat.square_row())
+        return [row for i, row in enumerate(rows) if i not in failed]
 
     def _failure(self, r: dict[str, Any], reason: str, severity: str = "error") -> Failure:
         return Failure(

@@ -667,47 +667,66 @@ class ImageEncoder:
             raise ConfigError("resolution", r, self.config.resolutions)
         if orig_sizes is not None and len(orig_sizes) != len(images):
             raise ValueError(f"{len(images)} images but {len(orig_sizes)} original sizes")
-        pool = self._executor()
-        prepared: list[_Prepared] = []
-        for i, img in enumerate(images):
-            w, h = orig_sizes[i] if orig_sizes is not None else img.size
-            reason = self.check(w, h)
-            if reason is not None:
-                raise ValueError(f"image {i} ({w}x{h}) cannot be encoded: {reason}")
-            bucket, box = self.plan(w, h, r, square)
-            pixels: Future | np.ndarray
-            if pool is not None:
-                pixels = pool.submit(self.preprocess, img, r, (w, h), square)
-            else:
-                pixels = self.preprocess(img, r, (w, h), square)
-            prepared.append(_Prepared(i, bucket, box, (w, h), pixels))
+        prepared = [
+            self.prepare(img, r, orig_sizes[i] if orig_sizes is not None else img.size, square, index=i)
+            for i, img in enumerate(images)
+        ]
         groups: dict[str, list[_Prepared]] = {}
         for p in prepared:
             groups.setdefault(p.bucket.key, []).append(p)
-        outputs: list[tuple[list[_Prepared], Any]] = []
+        results: list[LatentResult | None] = [None] * len(images)
         for members in groups.values():
             bs = self.config.images_per_batch(members[0].bucket.height, members[0].bucket.width)
             for start in range(0, len(members), bs):
                 chunk = members[start : start + bs]
-                arrays = [p.pixels.result() if isinstance(p.pixels, Future) else p.pixels for p in chunk]
-                for p in chunk:
-                    p.pixels = np.empty(0, dtype=np.uint8)  # drop the reference early
-                outputs.extend(self._encode_split(chunk, np.stack(arrays)))
-        results: list[LatentResult | None] = [None] * len(images)
+                for p, res in zip(chunk, self.encode_prepared(chunk, r), strict=True):
+                    results[p.index] = res
+        return [x for x in results if x is not None]
+
+    def prepare(
+        self, image: Any, resolution: int, orig_size: tuple[int, int], square: bool = False, index: int = 0
+    ) -> _Prepared:
+        """Plan one image at one resolution and start its resize (in the preprocessing threads).
+
+        The result goes to :meth:`encode_prepared` with others of the same bucket; ``index`` is the
+        caller's tag. An image :meth:`check` rejects raises ``ValueError``.
+        """
+        w, h = orig_size
+        reason = self.check(w, h)
+        if reason is not None:
+            raise ValueError(f"image {index} ({w}x{h}) cannot be encoded: {reason}")
+        bucket, box = self.plan(w, h, resolution, square)
+        pool = self._executor()
+        pixels: Future | np.ndarray
+        if pool is not None:
+            pixels = pool.submit(self.preprocess, image, resolution, (w, h), square)
+        else:
+            pixels = self.preprocess(image, resolution, (w, h), square)
+        return _Prepared(index, bucket, box, (w, h), pixels)
+
+    def encode_prepared(self, chunk: Sequence[_Prepared], resolution: int) -> list[LatentResult]:
+        """One forward pass (split in halves on out of memory) over prepared images of one bucket;
+        results in ``chunk`` order (an image that could not be encoded has ``error`` set)."""
+        chunk = list(chunk)
+        arrays = [p.pixels.result() if isinstance(p.pixels, Future) else p.pixels for p in chunk]
+        for p in chunk:
+            p.pixels = np.empty(0, dtype=np.uint8)  # drop the reference early
+        r = resolution
         store = self.config.store_dtype
-        for chunk, out in outputs:
+        by_id: dict[int, LatentResult] = {}
+        for part, out in self._encode_split(chunk, np.stack(arrays)):
             if isinstance(out, str):  # out of memory on a single image
-                for p in chunk:
+                for p in part:
                     empty = np.empty(0, dtype=np.uint8)
-                    results[p.index] = LatentResult(r, empty, store, p.bucket, p.crop, p.orig_size, error=out)
+                    by_id[id(p)] = LatentResult(r, empty, store, p.bucket, p.crop, p.orig_size, error=out)
                 continue
             finite = _finite_rows(out)
-            for p, lat, ok in zip(chunk, _to_numpy(out, store), finite, strict=True):
+            for p, lat, ok in zip(part, _to_numpy(out, store), finite, strict=True):
                 error = (
                     None if ok else f"the VAE gave non-finite latent values at {r}px (NaN or inf): not stored"
                 )
-                results[p.index] = LatentResult(r, lat, store, p.bucket, p.crop, p.orig_size, error=error)
-        return [x for x in results if x is not None]
+                by_id[id(p)] = LatentResult(r, lat, store, p.bucket, p.crop, p.orig_size, error=error)
+        return [by_id[id(p)] for p in chunk]
 
     def _encode_split(self, chunk: list[_Prepared], pixels: np.ndarray) -> list[tuple[list[_Prepared], Any]]:
         """Encode one bucket batch; out of memory splits it in halves (one image alone: its reason)."""
