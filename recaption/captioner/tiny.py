@@ -18,6 +18,7 @@ generation, without downloading anything. The parts match what LLaVA-1.5 ships:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 # LLaVA-1.5's own template (llava-hf/llava-1.5-7b-hf) renders "USER: <image>\n{text} ASSISTANT:".
 # This one renders the same for the single-turn, image-first messages the captioner sends.
@@ -56,6 +57,21 @@ def build_tiny_tokenizer(vocab_size: int = 512, model_max_length: int = 2048):  
     )
 
 
+def tiny_clip_vision_config(image_size: int = 28) -> Any:
+    """The 2-layer CLIP vision tower (14 px patches) of the tiny LLaVA-1.5 and LLaVA-NeXT."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=14,
+        projection_dim=32,
+    )
+
+
 def build_tiny_llava(
     folder: str | Path,
     *,
@@ -73,13 +89,12 @@ def build_tiny_llava(
     import torch
     from transformers import (
         CLIPImageProcessor,
-        CLIPVisionConfig,
-        GenerationConfig,
-        LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
     )
+
+    from recaption.captioner.families._tokenizer import save_tiny, tiny_llama_config
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,27 +120,8 @@ def build_tiny_llava(
     )
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     config = LlavaConfig(  # type: ignore[call-arg]  # image_token_id: transformers 5's name
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=14,
-            projection_dim=32,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
+        vision_config=tiny_clip_vision_config(image_size),
+        text_config=tiny_llama_config(tokenizer, hidden_size, max_position_embeddings=2048),
         image_token_id=image_token_id,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
@@ -133,14 +129,7 @@ def build_tiny_llava(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return str(out)
+    return save_tiny(out, model, processor, tokenizer)
 
 
 def build_tiny_text_llama(folder: str | Path, *, seed: int = 0) -> str:

@@ -77,7 +77,7 @@ def build_tokenizer(
     )
 
 
-def tiny_llama_config(tokenizer: Any, hidden_size: int = 64) -> Any:
+def tiny_llama_config(tokenizer: Any, hidden_size: int = 64, max_position_embeddings: int = 4096) -> Any:
     """A 2-layer Llama text config sized to ``tokenizer`` (the language model of most tiny VLMs)."""
     from transformers import LlamaConfig
 
@@ -88,8 +88,22 @@ def tiny_llama_config(tokenizer: Any, hidden_size: int = 64) -> Any:
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def save_tiny(folder: Any, model: Any, processor: Any, tokenizer: Any) -> str:
+    """Give ``model`` a generation config from ``tokenizer``'s special ids and save it with its processor."""
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)

@@ -74,7 +74,6 @@ def build_tiny(folder: str | Path, *, seed: int = 0) -> str:
     """A tiny random-weight Idefics3 (SigLIP 32 px tiles, 2-layer Llama) saved to ``folder``."""
     import torch
     from transformers import (
-        GenerationConfig,
         Idefics3Config,
         Idefics3ForConditionalGeneration,
         Idefics3Processor,
@@ -82,7 +81,7 @@ def build_tiny(folder: str | Path, *, seed: int = 0) -> str:
     from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-    from recaption.captioner.families._tokenizer import build_tokenizer, tiny_llama_config
+    from recaption.captioner.families._tokenizer import build_tokenizer, save_tiny, tiny_llama_config
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,11 +131,4 @@ def build_tiny(folder: str | Path, *, seed: int = 0) -> str:
     )
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return str(out)
+    return save_tiny(out, model, processor, tokenizer)

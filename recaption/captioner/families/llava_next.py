@@ -34,29 +34,18 @@ def build_tiny(folder: str | Path, *, seed: int = 0) -> str:
     """A tiny random-weight LLaVA-NeXT (CLIP 28 px tiles, 2-layer Llama) saved to ``folder``."""
     import torch
     from transformers import (
-        CLIPVisionConfig,
-        GenerationConfig,
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
         LlavaNextProcessor,
     )
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-    from recaption.captioner.families._tokenizer import build_tokenizer, tiny_llama_config
-    from recaption.captioner.tiny import LLAVA_CHAT_TEMPLATE
+    from recaption.captioner.families._tokenizer import save_tiny, tiny_llama_config
+    from recaption.captioner.tiny import LLAVA_CHAT_TEMPLATE, build_tiny_tokenizer, tiny_clip_vision_config
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<image>"],
-        chat_template=LLAVA_CHAT_TEMPLATE,
-        unk_token="<unk>",
-        bos_token="<s>",
-        add_bos=True,
-        eos_token="</s>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
+    tokenizer = build_tiny_tokenizer(model_max_length=4096)
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": TILE},
         crop_size={"height": TILE, "width": TILE},
@@ -73,15 +62,7 @@ def build_tiny(folder: str | Path, *, seed: int = 0) -> str:
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
     config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=TILE,
-            patch_size=14,
-            projection_dim=32,
-        ),
+        vision_config=tiny_clip_vision_config(TILE),
         text_config=tiny_llama_config(tokenizer),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=TINY_PINPOINTS,
@@ -90,11 +71,4 @@ def build_tiny(folder: str | Path, *, seed: int = 0) -> str:
     )
     torch.manual_seed(seed)
     model = LlavaNextForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return str(out)
+    return save_tiny(out, model, processor, tokenizer)
