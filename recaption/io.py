@@ -25,6 +25,8 @@ from typing import IO, Any
 import fsspec
 from fsspec.core import url_to_fs
 
+from recaption import interrupts
+
 TMP_MARK = ".tmp-"
 
 
@@ -231,14 +233,16 @@ def create_exclusive(url: str, data: bytes) -> bool:
     fs, path = fs_path(url)
     proto = _proto(fs)
     if proto in ("file", "local"):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        # Held as one step: an interrupt between create and write would leave an empty file.
+        with interrupts.deferred():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
         return True
     if proto in ("s3", "s3a"):
         try:
@@ -332,12 +336,15 @@ def atomic_open(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
     parent = posixpath.dirname(url) if "://" in url else os.path.dirname(url)
     if parent:
         makedirs(parent)
-    f, tmp, handle = open_output(url, mode)
+    f = tmp = handle = None
     try:
+        with interrupts.deferred():  # an interrupt inside open() must find the file to remove
+            f, tmp, handle = open_output(url, mode)
         yield f
         commit_output(url, f, tmp, handle)
     except BaseException:  # an interrupt (SIGTERM, Ctrl-C) while committing included
-        abort_output(f, tmp, handle)
+        if f is not None:
+            abort_output(f, tmp, handle)
         raise
 
 

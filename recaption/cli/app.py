@@ -6,9 +6,7 @@ import functools
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -70,26 +68,17 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def raise_interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM (a pre-empted node, a stopped job) stops a run as Ctrl-C does: the shard in hand is
-    dropped (its temporary files removed) and the finished ones stay for the rerun."""
-    raise KeyboardInterrupt
-
-
-def _stop_on_sigterm() -> Any:
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, raise_interrupt)
-
-
 def handle_errors(fn: F) -> F:
     """Turn the errors recaption raises on purpose into a one-line message and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from recaption import interrupts
         from recaption.errors import RecaptionError
 
-        previous = _stop_on_sigterm()
+        # SIGTERM (a pre-empted node, a stopped job) stops a run as Ctrl-C does: the shard in hand
+        # is dropped (its temporary files removed) and the finished ones stay for the rerun.
+        previous = interrupts.install()
         try:
             return fn(*args, **kwargs)
         except RecaptionError as e:
@@ -104,8 +93,7 @@ def handle_errors(fn: F) -> F:
             )
             raise typer.Exit(130) from None
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            interrupts.restore(previous)
 
     return wrapper  # type: ignore[return-value]
 

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from recaption import io
+from recaption import interrupts, io
 from recaption.images.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from recaption.readers.base import ImageRef
 
@@ -72,11 +72,12 @@ def _link(src: str, dst: str) -> str | None:
     """Hard link, else symlink ``src`` at ``dst`` (replacing it); ``None`` when neither works."""
     tmp = io.tmp_name(dst)
     for how, fn in (("linked", os.link), ("symlinked", os.symlink)):
-        try:
-            fn(os.path.abspath(src), tmp)
-        except OSError:
-            continue
-        os.replace(tmp, dst)
+        with interrupts.deferred():  # the link and its rename as one step: no stray temporary
+            try:
+                fn(os.path.abspath(src), tmp)
+            except OSError:
+                continue
+            os.replace(tmp, dst)
         return how
     return None
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from recaption import __version__, io
+from recaption import __version__, interrupts, io
 from recaption.errors import RecaptionError
 from recaption.quality import stage_quality
 from recaption.readers.base import InputShard
@@ -184,17 +184,19 @@ def run_shard(
     """
     sd = StageDir(output)
     out: ShardOutput | None = None
-    try:  # the output is made inside: an interrupt between making and using it still aborts it
-        out = ShardOutput(
-            sd,
-            shard,
-            stage.schema(),
-            stage=stage.name,
-            metadata=stage.file_metadata(),
-            compression=stage.compression,
-            writer_options=stage.parquet_options(),
-            size_policy=stage.size_policy(),
-        )
+    try:
+        # Made and bound as one step: an interrupt between the two would leave its open file.
+        with interrupts.deferred():
+            out = ShardOutput(
+                sd,
+                shard,
+                stage.schema(),
+                stage=stage.name,
+                metadata=stage.file_metadata(),
+                compression=stage.compression,
+                writer_options=stage.parquet_options(),
+                size_policy=stage.size_policy(),
+            )
         out.on_progress = progress
         from recaption.shards.identity import shard_identity
 

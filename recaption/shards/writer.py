@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from recaption import io
+from recaption import interrupts, io
 from recaption.readers.base import SEVERITY_WARNING, Failure, InputShard, Sample
 from recaption.shards.layout import StageDir
 from recaption.shards.manifest import failures_table, reason_category
@@ -127,7 +127,8 @@ class ShardOutput:
         )
         io.makedirs(self.stage_dir.url)
         self._target = target
-        self._file, self._tmp, self._handle = io.open_output(target)
+        with interrupts.deferred():  # an interrupt inside open() must find the file to remove
+            self._file, self._tmp, self._handle = io.open_output(target)
         self._writer = pq.ParquetWriter(self._file, self.schema, **self.writer_options)
 
     def write(self, rows: list[dict[str, Any]] | Any) -> None:
@@ -163,12 +164,15 @@ class ShardOutput:
         object store the object is completed now, invisible to readers until the marker lists it."""
         assert self._writer is not None and self._target is not None
         self._writer.close()
-        if self._handle is not None:
-            io.commit_output(self._target, self._file, None, self._handle)
-        else:
-            self._file.close()
-        self._done_files.append((self._tmp, self._target, self._handle))
-        self._writer = self._file = self._tmp = self._target = self._handle = None
+        # Closed and recorded as one step, so abort() removes the file whichever side of the
+        # close an interrupt lands (on an object store the close makes the object).
+        with interrupts.deferred():
+            if self._handle is not None:
+                io.commit_output(self._target, self._file, None, self._handle)
+            else:
+                self._file.close()
+            self._done_files.append((self._tmp, self._target, self._handle))
+            self._writer = self._file = self._tmp = self._target = self._handle = None
 
     # -- failures and counters ---------------------------------------------------------------
     def fail(self, failure: Failure) -> None:
