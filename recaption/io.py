@@ -288,7 +288,7 @@ def discard(f: Any) -> None:
         f._closed = True
 
 
-def open_output(url: str, mode: str = "wb") -> tuple[Any, str, Any]:
+def open_output(url: str, mode: str = "wb") -> tuple[Any, str | None, Any]:
     """Open ``url`` for writing so that nothing is visible under its name until committed.
 
     Returns ``(file, temporary_url_or_None, handle)``: on local disk the file is a hidden temporary

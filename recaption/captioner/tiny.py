@@ -119,10 +119,10 @@ def build_tiny_llava(
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    config = LlavaConfig(  # type: ignore[call-arg]  # image_token_id: transformers 5's name
+    config = LlavaConfig(
         vision_config=tiny_clip_vision_config(image_size),
         text_config=tiny_llama_config(tokenizer, hidden_size, max_position_embeddings=2048),
-        image_token_id=image_token_id,
+        image_token_index=image_token_id,  # the declared field; ``image_token_id`` is its alias
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
         projector_hidden_act="gelu",

@@ -11,7 +11,7 @@ import csv
 import io as _stdio
 from collections.abc import Mapping
 from itertools import combinations
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from recaption.nouns.stats import (
     DEFAULT_THRESHOLD,
@@ -24,10 +24,22 @@ from recaption.nouns.stats import (
 REPORT_FORMAT = "recaption.nouns.report/1"
 REPORT_FILES = {"json": "nouns.json", "markdown": "nouns.md", "csv": "nouns.csv"}
 
+
+class PaperRow(TypedDict):
+    """One row of PixArt-α's Table 1 as published."""
+
+    label: str
+    vn: int
+    dn: int
+    total_nouns: int
+    average: float
+    vn_dn: NotRequired[str]  # the cell as printed; else computed from vn and dn
+
+
 #: PixArt-α's published Table 1 (NLTK, options unpublished), shown for reference only.
 #: ``vn_dn`` is the cell as printed (its shares come from the unrounded counts: 85K/646K is 13.2%,
 #: the paper prints 13.3%).
-PIXART_TABLE1 = [
+PIXART_TABLE1: list[PaperRow] = [
     {
         "label": "LAION",
         "vn": 210_000,

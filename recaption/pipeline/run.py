@@ -281,7 +281,7 @@ def _run_pipeline(cfg: PipelineConfig, p: Plan, progress: bool | None) -> Pipeli
     t0 = time.time()
     names = list(p.stages)
     summaries: dict[str, RunSummary] = {}
-    executor = cfg.executor
+    executor: str = cfg.executor  # choose_executor answers a plain name
     if executor == "auto":
         from recaption.runner.auto import choose_executor, pending_shards
 

@@ -53,7 +53,7 @@ import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -235,6 +235,13 @@ def _link_t5_folder(dest_url: str) -> str | None:
         f"α's multi-scale configs with an InternalDataMS that reads {SIGMA_CHECKOUT_T5_FOLDER}/; "
         f"copy {T5_FOLDER}/ there to use it"
     )
+
+
+class _HintCommon(TypedDict):
+    """The :func:`_hint` keywords every hint of one export shares."""
+
+    max_length: int
+    scale_factor: float
 
 
 def _hint(
@@ -548,7 +555,7 @@ def export_pixart(
             "no alternate caption (--alt-caption): PixArt-Σ's shipped configs set real_prompt_ratio=0.5, "
             "which needs one ('sharegpt4v'); train with real_prompt_ratio=1.0, as the config hints say"
         )
-    common = {"max_length": max_length, "scale_factor": meta.image.scale_factor}
+    common: _HintCommon = {"max_length": max_length, "scale_factor": meta.image.scale_factor}
     hints: list[dict[str, Any]] = []
     for pix_images in (False, True) if images else (False,):
         for r in sorted(res_list, reverse=True):  # the largest first: config_hint

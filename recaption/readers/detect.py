@@ -223,8 +223,8 @@ def _pick(
             return SamSource(root=root, tars=tuple(tars), captions_dir=captions_dir, skipped=skipped)
         return WebDatasetSource(root=root, tars=tuple(tars), skipped=skipped)
     if images and want("sam", "folder"):
-        stems = [split_key(io.basename(f))[0] for f in images]
-        if kind == "sam" or (kind == "auto" and all(SAM_KEY.match(s) for s in stems)):
+        keys = [split_key(io.basename(f))[0] for f in images]
+        if kind == "sam" or (kind == "auto" and all(SAM_KEY.match(s) for s in keys)):
             annotations = {f[: f.rfind(".")] + ".json" for f in images}
             return SamSource(
                 root=root,

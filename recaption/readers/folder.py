@@ -111,7 +111,7 @@ def _not_regular(path: str) -> str | None:
         return None  # gone or unreadable: reading it reports why
     if stat.S_ISREG(mode):
         return None
-    kinds = (
+    kinds: tuple[tuple[Callable[[int], bool], str], ...] = (
         (stat.S_ISFIFO, "a named pipe"),
         (stat.S_ISSOCK, "a socket"),
         (stat.S_ISCHR, "a character device"),
@@ -449,14 +449,14 @@ class FolderSource(Source):
                     ref=ImageRef(uri=url),
                     fetch=_image_getter(reader, at[url], url),
                 )
-                raw = sidecar(url, "txt")
-                if raw is not None:
-                    caption_from_bytes(sample, raw, f"caption file {key}.txt")
+                txt_raw = sidecar(url, "txt")
+                if txt_raw is not None:
+                    caption_from_bytes(sample, txt_raw, f"caption file {key}.txt")
                 if sample.caption is None and rel in captions:
                     sample.caption = captions[rel]
-                raw = sidecar(url, "json")
-                if raw is not None:
-                    meta, warning = parse_json_sidecar(raw, f"sidecar {key}.json")
+                json_raw = sidecar(url, "json")
+                if json_raw is not None:
+                    meta, warning = parse_json_sidecar(json_raw, f"sidecar {key}.json")
                     if warning:
                         sample.warnings.append(warning)
                     sample.meta = {k: json_safe(v) for k, v in meta.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
 
@@ -43,7 +44,7 @@ def _run_local(stage: Stage, output: str, leases: list, progress: bool | Progres
                 lease.check()
             bar.shard_started(shard.index)
             try:
-                stats = run_shard(stage, shard, output, progress=lambda n, i=shard.index: bar.advance(i, n))
+                stats = run_shard(stage, shard, output, progress=functools.partial(bar.advance, shard.index))
             except KeyboardInterrupt:
                 raise
             except Exception as e:

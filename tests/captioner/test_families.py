@@ -289,3 +289,25 @@ def test_sigma_qwen_pipeline_file_builds_its_stages(tmp_path: Path):
     data["encode"]["fields"] = ["dense", "long_caption"]
     with pytest.raises(ConfigError, match=r"encode\.fields.*long_caption.*short_caption"):
         plan(load_config(data))
+
+
+@pytest.mark.parametrize(("given", "missing"), [("min_pixels", "max_pixels"), ("max_pixels", "min_pixels")])
+def test_a_qwen_bound_the_checkpoint_lacks_fails_naming_the_option(
+    tiny_families: dict[str, str], tmp_path: Path, given: str, missing: str
+):
+    """A checkpoint whose image processor sets only one bound: giving the other option alone fails
+    naming the missing one (it was a TypeError comparing None with an int)."""
+    import shutil
+
+    folder = tmp_path / "qwen2-vl"
+    shutil.copytree(tiny_families["qwen2-vl"], folder)
+    pre_file = folder / "preprocessor_config.json"
+    pre = json.loads(pre_file.read_text())
+    edge = {"min_pixels": "shortest_edge", "max_pixels": "longest_edge"}
+    pre["size"] = {edge[given]: pre["size"][edge[given]]}
+    pre_file.write_text(json.dumps(pre))
+    with pytest.raises(ConfigError, match=rf"image_options\.{missing}.*sets no {edge[missing]}"):
+        load(str(folder), image_options={given: 64 * 784})
+    both = load(str(folder), image_options={"min_pixels": 16 * 784, "max_pixels": 64 * 784})
+    size = both.processor.image_processor.size
+    assert (size["shortest_edge"], size["longest_edge"]) == (16 * 784, 64 * 784)

@@ -64,7 +64,8 @@ def build_tiny(folder: str | Path, *, seed: int = 0) -> str:
     config = LlavaNextConfig(
         vision_config=tiny_clip_vision_config(TILE),
         text_config=tiny_llama_config(tokenizer),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        # the declared field (``image_token_id`` is its alias): the same config, and one mypy knows
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=TINY_PINPOINTS,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,

@@ -23,7 +23,7 @@ same token expansion as ``Qwen2VLProcessor`` (one ``<|image_pad|>`` per merged p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from recaption.errors import ConfigError
 
@@ -79,6 +79,14 @@ def apply_options(processor: Any, options: dict[str, Any]) -> None:
             or value % TOKEN_PIXELS
         ):
             raise ConfigError(f"image_options.{key}", value, OPTIONS[key])
+    if lo is None or hi is None:  # a checkpoint's processor may set one bound only
+        key, edge = ("min_pixels", "shortest_edge") if lo is None else ("max_pixels", "longest_edge")
+        raise ConfigError(
+            f"image_options.{key}",
+            None,
+            OPTIONS[key],
+            hint=f"the checkpoint's image processor sets no {edge}: give image_options.{key} too",
+        )
     if hi < lo:
         raise ConfigError("image_options.max_pixels", hi, f"an integer >= min_pixels ({lo})")
     ip.size = {"shortest_edge": int(lo), "longest_edge": int(hi)}
@@ -219,7 +227,17 @@ def tiny_text_config(tokenizer: Any) -> dict[str, Any]:
     }
 
 
-def special_ids(tokenizer: Any) -> dict[str, int]:
+class SpecialIds(TypedDict):
+    """The vision token ids of a Qwen2-VL / Qwen2.5-VL config, as its keyword arguments."""
+
+    image_token_id: int
+    video_token_id: int
+    vision_start_token_id: int
+    vision_end_token_id: int
+
+
+def special_ids(tokenizer: Any) -> SpecialIds:
+    """The vision token ids in ``tokenizer`` (built by :func:`tiny_parts`)."""
     t = tokenizer.convert_tokens_to_ids
     return {
         "image_token_id": t("<|image_pad|>"),

@@ -68,7 +68,7 @@ def share_image_features(model: Any, family_name: str) -> VisionStats | None:
     layout = LAYOUTS.get(family_name)
     inner = getattr(model, "model", None)
     original = getattr(inner, "get_image_features", None)
-    if layout is None or original is None:
+    if layout is None or inner is None or original is None:
         return None
     existing = getattr(inner, "_recaption_vision_stats", None)
     if existing is not None:
