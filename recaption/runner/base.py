@@ -15,6 +15,7 @@ from recaption.errors import RecaptionError
 from recaption.quality import stage_quality
 from recaption.readers.base import InputShard
 from recaption.shards.layout import PART_RE, StageDir
+from recaption.shards.lease import LeaseLostError, LeaseToken
 from recaption.shards.writer import ShardOutput
 from recaption.stage import Stage
 
@@ -176,11 +177,15 @@ def run_shard(
     output: str,
     extra: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    lease: LeaseToken | None = None,
 ) -> dict[str, Any]:
     """Process one shard and commit it; on any error nothing becomes visible.
 
     ``extra`` goes into the shard's stats file (e.g. which worker did it); ``progress`` is told
-    the samples done as the stage reports them (``ShardOutput.progress``).
+    the samples done as the stage reports them (``ShardOutput.progress``). ``lease``: the run's
+    lease on ``output``, verified before the shard commits; if another run has taken it over, the
+    shard is dropped and :class:`~recaption.shards.lease.LeaseLostError` raised (also when the
+    shard failed otherwise meanwhile: the new holder's sweep removes this run's temporary files).
     """
     sd = StageDir(output)
     out: ShardOutput | None = None
@@ -196,6 +201,7 @@ def run_shard(
                 compression=stage.compression,
                 writer_options=stage.parquet_options(),
                 size_policy=stage.size_policy(),
+                lease=lease,
             )
         out.on_progress = progress
         from recaption.shards.identity import shard_identity
@@ -204,9 +210,15 @@ def run_shard(
         out.input_identity = shard_identity(shard)
         stats = stage.process_shard(shard, out) or {}
         return out.commit({**stats, **(extra or {})})
-    except BaseException:
+    except BaseException as e:
+        lost = None
+        if lease is not None and isinstance(e, Exception) and not isinstance(e, LeaseLostError):
+            lost = lease.lost_error()  # one read, on failure only
         if out is not None:
+            out.lease_lost = out.lease_lost or lost is not None
             out.abort()
+        if lost is not None:
+            raise LeaseLostError(f"{lost}. Shard {shard.index} was dropped ({type(e).__name__}: {e})") from e
         raise
 
 

@@ -25,6 +25,8 @@ def run_local(stage: Stage, output: str, *, progress: bool | ProgressGroup | Non
 
 
 def _run_local(stage: Stage, output: str, leases: list, progress: bool | ProgressGroup | None) -> RunSummary:
+    from recaption.shards.lease import LeaseHeldError
+
     shards = stage.shards()
     sd = prepare_output(stage, output, shards)
     done = sd.done_indices()
@@ -44,8 +46,14 @@ def _run_local(stage: Stage, output: str, leases: list, progress: bool | Progres
                 lease.check()
             bar.shard_started(shard.index)
             try:
-                stats = run_shard(stage, shard, output, progress=functools.partial(bar.advance, shard.index))
-            except KeyboardInterrupt:
+                stats = run_shard(
+                    stage,
+                    shard,
+                    output,
+                    progress=functools.partial(bar.advance, shard.index),
+                    lease=leases[0].token(),
+                )
+            except (KeyboardInterrupt, LeaseHeldError):  # a lost lease stops the run: not a shard's fault
                 raise
             except Exception as e:
                 summary.failed[shard.index] = f"{type(e).__name__}: {e}"

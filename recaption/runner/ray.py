@@ -52,16 +52,20 @@ class StageWorker:
         self.stage.setup()
         return {"host": socket.gethostname(), "pid": os.getpid()}
 
-    def process(self, shard: dict[str, Any], output: str, progress: Any = None) -> dict[str, Any]:
+    def process(
+        self, shard: dict[str, Any], output: str, progress: Any = None, lease: Any = None
+    ) -> dict[str, Any]:
         """Process and commit one shard; ``progress`` is ``(sink actor, stage number)``, told the
-        samples done as the stage reports them (see :class:`ProgressSink`)."""
+        samples done as the stage reports them (see :class:`ProgressSink`). ``lease``: the driver's
+        :class:`~recaption.shards.lease.LeaseToken` on ``output``, read once before the commit (a
+        worker must not commit into a folder whose lease another run took over)."""
         import socket
 
         worker = f"{socket.gethostname()}:{os.getpid()}"
         s = InputShard.from_dict(shard)
         report = _Reporter(progress[0], progress[1], s.index) if progress is not None else None
         try:
-            return run_shard(self.stage, s, output, extra={"worker": worker}, progress=report)
+            return run_shard(self.stage, s, output, extra={"worker": worker}, progress=report, lease=lease)
         except WorkerFault as e:
             # This process is broken (a CUDA fault poisons its context): it must take no other shard.
             # Exiting makes the driver see a dead actor and redo the shard on a fresh one.
@@ -305,7 +309,9 @@ def run_graph_ray(
 
     Returns one :class:`RunSummary` per spec. A shard whose upstream shard failed is reported as
     failed ("upstream shard failed") and not attempted. The driver holds every output folder's
-    lease throughout (refused at once if another run holds one).
+    lease throughout (refused at once if another run holds one); each shard task carries the
+    lease's token, which the worker verifies before committing. A lost lease stops the run
+    (:class:`~recaption.shards.lease.LeaseLostError`).
     """
     from recaption.shards.lease import hold
 
@@ -316,7 +322,10 @@ def run_graph_ray(
 def _run_graph_ray(
     specs: list[StageSpec], options: RayOptions, leases: list[Any], progress: bool | ProgressGroup | None
 ) -> list[RunSummary]:
+    from recaption.shards.lease import LeaseHeldError
+
     t0 = time.time()
+    tokens = [lease.token() for lease in leases]  # one per spec, in order
     states: list[_State] = []
     group = progress if isinstance(progress, ProgressGroup) else ProgressGroup(progress)
     for spec in specs:
@@ -461,7 +470,7 @@ def _run_graph_ray(
                 st.running += 1
                 st.bar.shard_started(idx)
                 report = (sink, i) if sink is not None else None
-                ref = actor.process.remote(st.shards[idx].to_dict(), st.spec.output, report)
+                ref = actor.process.remote(st.shards[idx].to_dict(), st.spec.output, report, tokens[i])
                 waiting[ref] = ("shard", i, actor, idx)
             want = wanted_workers(st, len(ready))
             while len(st.actors) < want:
@@ -534,6 +543,8 @@ def _run_graph_ray(
                     stats = ray.get(ref)
                 except RayTaskError as e:
                     cause = getattr(e, "cause", None) or e
+                    if isinstance(cause, LeaseHeldError):  # another run owns the folder now: stop
+                        raise cause from None
                     st.summary.failed[idx] = f"{type(cause).__name__}: {cause}"
                     st.bar.shard_failed(idx, st.summary.failed[idx])
                     st.idle.append(actor)

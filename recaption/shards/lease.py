@@ -13,7 +13,15 @@ lease are decided by another atomic create (``_lease.json.takeover-<id>``), so a
 wins.
 
 Leases are re-entrant within a process: ``recaption run`` holds its folder and every stage folder,
-and the runners it calls find them held already.
+and the runners it calls find them held already. The exports (``export-pixart``,
+``export-captions``) hold their destination the same way.
+
+A run that stalled past the timeout (a long pause, a suspended process, a node that could not reach
+the store) may find its lease taken over. It must then write nothing more: each shard reads the
+lease file once before it commits (:meth:`LeaseToken.verify`, also in Ray workers, which get the
+token with the shard) and is dropped, not committed, if the id on record is no longer its own; the
+run stops with :class:`LeaseLostError` naming the new holder. The heartbeat thread noticing the
+same stops the run at the next shard.
 """
 
 from __future__ import annotations
@@ -44,6 +52,25 @@ DEFAULT_TIMEOUT = 120.0  # seconds without a heartbeat before a lease is stale
 
 class LeaseHeldError(RecaptionError):
     """Another live run writes to this output folder."""
+
+
+class LeaseLostError(LeaseHeldError):
+    """This run's lease was taken over (or removed): it must stop writing."""
+
+
+def lost_message(folder: str, url: str, current: LeaseInfo | None) -> str:
+    """Why a run stops after losing its lease, naming the run that holds it now."""
+    if current is None:
+        return (
+            f"{folder}: this run lost its lease ({url} was removed, by hand or by a run that took "
+            "it over and finished); stopped so that no two runs write here"
+        )
+    return (
+        f"{folder}: this run lost its lease to another run, {current.describe()} (this run's "
+        "heartbeat was not renewed in time: a paused or suspended process, or a store it could not "
+        "reach); stopped so that no two runs write here. That run owns the folder now: wait for it, "
+        "then rerun to resume"
+    )
 
 
 class OutputNotWritableError(RecaptionError):
@@ -80,6 +107,33 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@dataclass(frozen=True)
+class LeaseToken:
+    """Which lease a writer holds: enough for any process (a Ray worker) to check, with one small
+    read, that the lease on record is still this run's before it commits a shard."""
+
+    folder: str
+    url: str
+    id: str
+
+    def verify(self) -> None:
+        """Raise :class:`LeaseLostError` (naming the holder now) unless the lease is still ours."""
+        current = LeaseInfo.read(self.url)
+        if current is None or current.id != self.id:
+            raise LeaseLostError(lost_message(self.folder, self.url, current))
+
+    def lost_error(self) -> LeaseLostError | None:
+        """The error :meth:`verify` would raise, or None (also when the store cannot be read: a
+        failure's own error then stands)."""
+        try:
+            self.verify()
+        except LeaseLostError as e:
+            return e
+        except Exception:
+            return None
+        return None
 
 
 @dataclass(frozen=True)
@@ -175,6 +229,7 @@ class Lease:
             machine=machine_id(),
         )
         self.lost = False
+        self.lost_to: LeaseInfo | None = None  # who holds it now, once lost
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -283,7 +338,7 @@ class Lease:
             try:
                 current = LeaseInfo.read(self.url)
                 if current is None or current.id != self.info.id:
-                    self.lost = True
+                    self.lost_to, self.lost = current, True
                     log.error(
                         "%s: this run lost its lease (%s); stopping after the shard in hand",
                         self.folder,
@@ -296,9 +351,22 @@ class Lease:
                 log.debug("%s: lease heartbeat failed: %s", self.folder, e)
 
     def check(self) -> None:
-        """Raise if another run took this lease over (this one stalled past the timeout)."""
+        """Raise :class:`LeaseLostError` if the heartbeat found this lease taken over (no I/O)."""
         if self.lost:
-            raise LeaseHeldError(f"{self.folder}: this run lost its lease to another run; stopped")
+            raise LeaseLostError(lost_message(self.folder, self.url, self.lost_to))
+
+    def token(self) -> LeaseToken:
+        """What a worker needs to verify this lease before committing (picklable, tiny)."""
+        return LeaseToken(folder=self.folder, url=self.url, id=self.info.id)
+
+    def verify(self) -> None:
+        """:meth:`check`, then read the lease file: raise unless it is still this run's."""
+        self.check()
+        try:
+            self.token().verify()
+        except LeaseLostError:
+            self.lost_to, self.lost = LeaseInfo.read(self.url), True
+            raise
 
     def release(self) -> None:
         self._stop.set()

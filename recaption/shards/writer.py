@@ -14,12 +14,20 @@ aborted on failure. While a shard is being written ``_progress/part-i.json`` say
 ``recaption status``); it is removed after the marker is written. With a
 :class:`~recaption.shards.size.ShardSizePolicy` of ``split="files"`` a shard's rows go to several
 files (``part-{i:05d}-{j:03d}.parquet``), all listed in its marker.
+
+Given the run's lease (``lease=``, a :class:`~recaption.shards.lease.LeaseToken`), a shard reads the
+lease file once before anything of it becomes visible (before its data file is renamed into place
+or its object completed, and before each object of a split shard completes) and, if another run
+has taken the lease over, is dropped instead (:class:`~recaption.shards.lease.LeaseLostError`):
+its temporary files are removed and its uploads aborted, but nothing at a final name is touched,
+since it may be the new holder's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -29,8 +37,11 @@ from typing import Any
 from recaption import interrupts, io
 from recaption.readers.base import SEVERITY_WARNING, Failure, InputShard, Sample
 from recaption.shards.layout import StageDir
+from recaption.shards.lease import LeaseLostError, LeaseToken
 from recaption.shards.manifest import failures_table, reason_category
 from recaption.shards.size import Chunker, ShardSizePolicy, row_nbytes
+
+log = logging.getLogger("recaption")
 
 
 def write_parquet_atomic(
@@ -69,10 +80,14 @@ class ShardOutput:
         row_group_rows: int | None = None,
         writer_options: dict[str, Any] | None = None,
         size_policy: ShardSizePolicy | None = None,
+        lease: LeaseToken | None = None,
     ) -> None:
         import pyarrow as pa
 
         self.stage_dir = stage_dir
+        self.lease = lease
+        # Set once the lease is known lost: abort() then leaves final names alone (another run's now).
+        self.lease_lost = False
         self.shard = shard
         self.stage = stage
         md = dict(schema.metadata or {})
@@ -101,18 +116,11 @@ class ShardOutput:
         self.input_identity: list[dict[str, Any]] | None = None
         # Opened at once, not at the first rows: `recaption status` sees the shard in progress
         # while its first batch is still on the GPU.
+        self._progress_text = json.dumps(
+            {"shard": shard.index, "host": socket.gethostname(), "pid": os.getpid(), "started": self._started}
+        )
         try:
-            io.write_text_atomic(
-                self.stage_dir.progress(shard.index),
-                json.dumps(
-                    {
-                        "shard": shard.index,
-                        "host": socket.gethostname(),
-                        "pid": os.getpid(),
-                        "started": self._started,
-                    }
-                ),
-            )
+            io.write_text_atomic(self.stage_dir.progress(shard.index), self._progress_text)
             self._open()
         except BaseException:  # an interrupt mid-open must not leave the temporary file
             self.abort()
@@ -150,6 +158,8 @@ class ShardOutput:
             return
         for a, b, new_chunk in self._chunker.split(row_nbytes(table)):
             if new_chunk and self._split_files and self._writer is not None:
+                if self._handle is not None:  # an object store: closing completes the object
+                    self.verify_lease()
                 self._close_file()
             self._write(table.slice(a, b - a))
 
@@ -197,8 +207,26 @@ class ShardOutput:
         self._side[name] = (text, ext)
 
     # -- commit --------------------------------------------------------------------------------
+    def verify_lease(self) -> None:
+        """One read of the lease file: if another run holds it now, drop this shard and raise
+        :class:`LeaseLostError` (nothing of the shard becomes visible)."""
+        if self.lease is None:
+            return
+        try:
+            self.lease.verify()
+        except LeaseLostError as e:
+            self.lease_lost = True
+            self.abort()
+            raise LeaseLostError(f"{e}. Shard {self.shard.index} was dropped, not committed") from None
+
     def commit(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Rename everything into place; the stats file goes last. Returns the stats."""
+        """Rename everything into place; the stats file goes last. Returns the stats.
+
+        First the lease is verified (see :meth:`verify_lease`): before the data file is renamed
+        onto its final name (where the new holder may have written this shard already) or, on an
+        object store, before the close that completes it.
+        """
+        self.verify_lease()
         # The current file is always open here (opened with the output, reopened at each split),
         # so an empty shard still gets a valid, empty data file.
         self._close_file()
@@ -266,9 +294,21 @@ class ShardOutput:
                         self._writer.close()
                 io.abort_output(self._file, self._tmp, None)
         for tmp, final, handle in self._done_files:
-            # a completed object of a split shard is unreferenced without the marker: remove it
-            io.remove(final if handle is not None else tmp)  # type: ignore[arg-type]
+            if handle is None:
+                io.remove(tmp)  # type: ignore[arg-type]
+            elif not self.lease_lost:
+                # a completed object of a split shard is unreferenced without the marker: remove it
+                io.remove(final)
+            else:
+                # The name may hold the new lease holder's object by now; its next sweep removes
+                # ours if it is still there (unreferenced: no marker lists it).
+                log.warning(
+                    "%s: left %s in place (the folder is another run's now)", self.stage_dir.url, final
+                )
         self._done_files = []
         self._writer = self._file = self._tmp = self._handle = None
         with contextlib.suppress(Exception):
-            io.remove(self.stage_dir.progress(self.shard.index))
+            url = self.stage_dir.progress(self.shard.index)
+            # after a takeover the marker may be the new holder's (same shard): only ours goes
+            if not self.lease_lost or io.read_text(url) == self._progress_text:
+                io.remove(url)

@@ -48,3 +48,33 @@ class SlowIndexStage(IndexStage):
 
         time.sleep(self.seconds)
         return super().process_shard(shard, out)
+
+
+def take_over_lease(output: str, *, host: str = "node-9", pid: int = 4242) -> None:
+    """Rewrite ``output``'s lease as another live holder's, as a run that took it over would."""
+    import time
+
+    from recaption import io
+    from recaption.shards.lease import LEASE_FILE, LeaseInfo
+
+    now = time.time()
+    info = LeaseInfo(id="new-holder", host=host, pid=pid, started=now, heartbeat=now, command="run")
+    io.write_bytes_atomic(io.join(output, LEASE_FILE), info.to_json())
+
+
+@dataclass
+class TakeoverIndexStage(IndexStage):
+    """Index stage during whose shard ``at`` another run takes the output's lease over (after the
+    shard's rows are written, before it commits); ``then_raise``: the shard then fails too."""
+
+    output: str = ""
+    at: int = 1
+    then_raise: bool = False
+
+    def process_shard(self, shard: InputShard, out: ShardOutput) -> dict[str, Any]:
+        stats = super().process_shard(shard, out)
+        if shard.index == self.at:
+            take_over_lease(self.output)
+            if self.then_raise:
+                raise RuntimeError(f"injected failure in shard {shard.index}")
+        return stats
