@@ -12,7 +12,8 @@ images would get one name (``a/1.jpg`` and ``b/1.jpg``, ``x.jpg`` and ``x.png``,
 name in two tars) the later one, in shard order, gets ``-1``, ``-2``... so an export is the same
 on every rerun. Rows without the chosen caption (captioning failed) are skipped and counted.
 Existing files are never overwritten unless asked: a source folder's own ``.txt`` raw captions
-are not lost to a mistyped DEST.
+are not lost to a mistyped DEST. The export holds DEST's lease (:mod:`recaption.shards.lease`) as a
+run holds its output: a second export, or a run, into the same folder is refused at once.
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ def export_captions(
     """
     from recaption.readers.base import ImageRef
     from recaption.readers.refs import ImageOpener, RefError
+    from recaption.shards.lease import hold
 
     if format not in FORMATS:
         raise ConfigError("--format", format, FORMATS)
@@ -173,63 +175,68 @@ def export_captions(
     folder = caption_folder(run)
     summary = ExportSummary(dest=dest, format=format, caption=column)
     cols = [column, "key", "error", "image_uri", "image_member", "image_offset", "image_length"]
-    io.makedirs(dest)
-    used: set[str] = set()  # lower-cased stems taken (case-insensitive filesystems too)
-    meta: list[dict[str, str]] = []
-    opener = ImageOpener()
+    # One writer per folder, as for runs: a second export (or a run) into DEST is refused at once.
+    with hold(dest, command="export-captions") as (lease,):
+        used: set[str] = set()  # lower-cased stems taken (case-insensitive filesystems too)
+        meta: list[dict[str, str]] = []
+        opener = ImageOpener()
 
-    def skip(reason: str) -> None:
-        summary.skipped[reason] = summary.skipped.get(reason, 0) + 1
+        def skip(reason: str) -> None:
+            summary.skipped[reason] = summary.skipped.get(reason, 0) + 1
 
-    def put(url: str, data: bytes) -> None:
-        if not overwrite and io.exists(url):
-            raise RecaptionError(f"{url} exists; refusing to overwrite it (use another DEST, or --overwrite)")
-        io.write_bytes_atomic(url, data)
+        def put(url: str, data: bytes) -> None:
+            if not overwrite and io.exists(url):
+                raise RecaptionError(
+                    f"{url} exists; refusing to overwrite it (use another DEST, or --overwrite)"
+                )
+            io.write_bytes_atomic(url, data)
 
-    meta_url = io.join(dest, "metadata.jsonl")
-    if format == "jsonl" and not overwrite and io.exists(meta_url):
-        raise RecaptionError(
-            f"{meta_url} exists; refusing to overwrite it (use another DEST, or --overwrite)"
-        )
-    try:
-        for row in _rows(folder, cols):
-            text = row.get(column)
-            if row.get("error") or text is None:
-                skip("no caption (captioning failed)" if row.get("error") else f"no {column}")
-                continue
-            if not str(text).strip():
-                skip(f"empty {column}")
-                continue
-            stem, ext = image_name(row)
-            data = b""
-            if images == "copy":
-                ref = ImageRef.from_columns(row)
-                if ref is None:
-                    skip("no image reference")
+        meta_url = io.join(dest, "metadata.jsonl")
+        if format == "jsonl" and not overwrite and io.exists(meta_url):
+            raise RecaptionError(
+                f"{meta_url} exists; refusing to overwrite it (use another DEST, or --overwrite)"
+            )
+        try:
+            for row in _rows(folder, cols):
+                lease.check()  # no I/O: stops soon after the heartbeat finds the lease taken over
+                text = row.get(column)
+                if row.get("error") or text is None:
+                    skip("no caption (captioning failed)" if row.get("error") else f"no {column}")
                     continue
-                try:
-                    data = opener.read(ref)
-                except RefError as e:
-                    skip(f"image not readable: {e}")
+                if not str(text).strip():
+                    skip(f"empty {column}")
                     continue
-                ext = ext or _sniff(data)
-            ext = ext or ".jpg"
-            name, n = stem, 0
-            while name.lower() in used:
-                n += 1
-                name = f"{stem}-{n}"
-            summary.renamed += n > 0
-            used.add(name.lower())
-            if images == "copy":
-                put(io.join(dest, name + ext), data)
-            if format == "txt":
-                put(io.join(dest, name + caption_ext), str(text).strip().encode("utf-8") + b"\n")
-            else:
-                meta.append({"file_name": name + ext, "text": str(text).strip()})
-            summary.written += 1
-    finally:
-        opener.close()
-    if format == "jsonl":
-        lines = "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in meta)
-        io.write_text_atomic(meta_url, lines)
-    return summary
+                stem, ext = image_name(row)
+                data = b""
+                if images == "copy":
+                    ref = ImageRef.from_columns(row)
+                    if ref is None:
+                        skip("no image reference")
+                        continue
+                    try:
+                        data = opener.read(ref)
+                    except RefError as e:
+                        skip(f"image not readable: {e}")
+                        continue
+                    ext = ext or _sniff(data)
+                ext = ext or ".jpg"
+                name, n = stem, 0
+                while name.lower() in used:
+                    n += 1
+                    name = f"{stem}-{n}"
+                summary.renamed += n > 0
+                used.add(name.lower())
+                if images == "copy":
+                    put(io.join(dest, name + ext), data)
+                if format == "txt":
+                    put(io.join(dest, name + caption_ext), str(text).strip().encode("utf-8") + b"\n")
+                else:
+                    meta.append({"file_name": name + ext, "text": str(text).strip()})
+                summary.written += 1
+        finally:
+            opener.close()
+        if format == "jsonl":
+            lines = "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in meta)
+            lease.verify()  # the file that makes the export whole: never into another's folder
+            io.write_text_atomic(meta_url, lines)
+        return summary

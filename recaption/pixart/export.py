@@ -315,10 +315,13 @@ def export_pixart(
     ``max_ratio``: entries with a larger height/width are left out, as PixArt's loaders drop them
     (default: the rule the features were encoded with, 4 for α and 4.5 for Σ).
     Files mixing presets are refused (:class:`~recaption.encoder.schema.MixedFeaturesError`).
+    ``dest_url``'s lease (:mod:`recaption.shards.lease`) is held while writing, as a run holds its
+    output: a second export, or a run, into the same folder is refused at once.
     """
     from recaption.pixart.images import export_image, images_root
     from recaption.readers.base import ImageRef
     from recaption.readers.refs import ImageOpener, RefError
+    from recaption.shards.lease import hold
 
     for layout in layouts:
         if layout not in LAYOUTS:
@@ -344,277 +347,287 @@ def export_pixart(
     if not overwrite and any(io.exists(u) for u in info_urls):
         raise ConfigError("dest", dest_url, "a folder without a data_info.json, or overwrite=True")
 
-    if max_ratio is None:
-        max_ratio = meta.image.max_ratio
-    max_length = meta.text.max_length
-    hidden = meta.text.hidden_size
-    c2 = 2 * meta.image.latent_channels
-    multiscale = meta.image.multiscale
-    # square latents: the main columns of single-scale features, or the vae_R_square columns
-    square_cols = multiscale and all(m.image is not None and m.image.square for m in fs.per_file.values())
-    has_square = not multiscale or square_cols
-    sigma = "sigma" in layouts
-    formats = {
-        "t5": TextFormat(np.float32, np.int64, True if pad_to_max_length is None else pad_to_max_length),
-        "sigma": TextFormat(np.float16, np.int16, bool(pad_to_max_length)),
-    }
-    # Σ's extractor stores its latents as float16 (fp16 VAE / autocast): exact from float16 features
-    sigma_vae_dtype = np.float16 if meta.image.dtype == "float16" else np.float32
-    # (folder, source) for each latent resolution: source "ms" = the vae_R columns of multi-scale
-    # features, "square" = the square latents (the vae_R columns of single-scale features, or
-    # the vae_R_square columns)
-    vae_targets: dict[int, list[tuple[str, str, Any]]] = {r: [] for r in res_list}
-    folders: list[str] = []
-    t5_folders: list[tuple[str, str]] = []  # (folder, format)
-    if "internal" in layouts:
-        t5_folders.append((T5_FOLDER, "t5"))
-        for r in res_list:
-            if multiscale:
-                vae_targets[r].append((ms_vae_folder(r), "ms", np.float32))
-            if has_square:
-                vae_targets[r].append((noflip_vae_folder(r), "square", np.float32))
-    if sigma:
-        t5_folders.append((SIGMA_T5_FOLDER, "sigma"))
-        for r in res_list:
-            if multiscale:
-                vae_targets[r].append((sigma_vae_folder(r), "ms", sigma_vae_dtype))
-            if has_square:
-                vae_targets[r].append((sigma_square_vae_folder(r), "square", sigma_vae_dtype))
-    folders += [f for f, _ in t5_folders]
-    if alt and sigma:
-        folders.append(SIGMA_ALT_T5_FOLDER)
-    folders += [f for r in res_list for f, _, _ in vae_targets[r]]
-    for folder in folders:
-        io.makedirs(io.join(dest_url, folder))
-    link_warning = _link_t5_folder(dest_url) if "internal" in layouts and multiscale else None
+    # One writer per folder, as for runs: a second export (or a run) into DEST is refused at once.
+    with hold(dest_url, command="export-pixart") as (lease,):
+        if max_ratio is None:
+            max_ratio = meta.image.max_ratio
+        max_length = meta.text.max_length
+        hidden = meta.text.hidden_size
+        c2 = 2 * meta.image.latent_channels
+        multiscale = meta.image.multiscale
+        # square latents: the main columns of single-scale features, or the vae_R_square columns
+        square_cols = multiscale and all(m.image is not None and m.image.square for m in fs.per_file.values())
+        has_square = not multiscale or square_cols
+        sigma = "sigma" in layouts
+        formats = {
+            "t5": TextFormat(np.float32, np.int64, True if pad_to_max_length is None else pad_to_max_length),
+            "sigma": TextFormat(np.float16, np.int16, bool(pad_to_max_length)),
+        }
+        # Σ's extractor stores its latents as float16 (fp16 VAE / autocast): exact from float16 features
+        sigma_vae_dtype = np.float16 if meta.image.dtype == "float16" else np.float32
+        # (folder, source) for each latent resolution: source "ms" = the vae_R columns of multi-scale
+        # features, "square" = the square latents (the vae_R columns of single-scale features, or
+        # the vae_R_square columns)
+        vae_targets: dict[int, list[tuple[str, str, Any]]] = {r: [] for r in res_list}
+        folders: list[str] = []
+        t5_folders: list[tuple[str, str]] = []  # (folder, format)
+        if "internal" in layouts:
+            t5_folders.append((T5_FOLDER, "t5"))
+            for r in res_list:
+                if multiscale:
+                    vae_targets[r].append((ms_vae_folder(r), "ms", np.float32))
+                if has_square:
+                    vae_targets[r].append((noflip_vae_folder(r), "square", np.float32))
+        if sigma:
+            t5_folders.append((SIGMA_T5_FOLDER, "sigma"))
+            for r in res_list:
+                if multiscale:
+                    vae_targets[r].append((sigma_vae_folder(r), "ms", sigma_vae_dtype))
+                if has_square:
+                    vae_targets[r].append((sigma_square_vae_folder(r), "square", sigma_vae_dtype))
+        folders += [f for f, _ in t5_folders]
+        if alt and sigma:
+            folders.append(SIGMA_ALT_T5_FOLDER)
+        folders += [f for r in res_list for f, _, _ in vae_targets[r]]
+        for folder in folders:
+            io.makedirs(io.join(dest_url, folder))
+        link_warning = _link_t5_folder(dest_url) if "internal" in layouts and multiscale else None
 
-    summary = ExportSummary(dest=dest_url)
-    summary.files = dict.fromkeys(folders, 0)
-    img_root = images_root(dest_url) if images else None
-    summary.images_root = img_root
-    if img_root is not None:
-        io.makedirs(img_root)
-    entries: list[dict[str, Any]] = []
-    seen: dict[str, str] = {}
-    text_cols = [S.t5_column(field_, s) for s in ("", "_len", "_text")]
-    alt_cols = [S.t5_column(alt, s) for s in ("", "_len", "_text")] if alt else []
-    vae_cols = [S.vae_column(r, s) for r in res_list for s in ("", "_h", "_w")]
-    if square_cols:
-        vae_cols += [S.square_column(r) for r in res_list]
-    columns = ["key", "width", "height", *REF_COLUMNS, *text_cols, *alt_cols, *vae_cols]
+        summary = ExportSummary(dest=dest_url)
+        summary.files = dict.fromkeys(folders, 0)
+        img_root = images_root(dest_url) if images else None
+        summary.images_root = img_root
+        if img_root is not None:
+            io.makedirs(img_root)
+        entries: list[dict[str, Any]] = []
+        seen: dict[str, str] = {}
+        text_cols = [S.t5_column(field_, s) for s in ("", "_len", "_text")]
+        alt_cols = [S.t5_column(alt, s) for s in ("", "_len", "_text")] if alt else []
+        vae_cols = [S.vae_column(r, s) for r in res_list for s in ("", "_h", "_w")]
+        if square_cols:
+            vae_cols += [S.square_column(r) for r in res_list]
+        columns = ["key", "width", "height", *REF_COLUMNS, *text_cols, *alt_cols, *vae_cols]
 
-    def write(url: str, data: bytes) -> None:
-        # under a temporary name: a killed export leaves no truncated array for training to trip on
-        io.write_bytes_atomic(url, data)
+        def write(url: str, data: bytes) -> None:
+            # under a temporary name: a killed export leaves no truncated array for training to trip on
+            io.write_bytes_atomic(url, data)
 
-    def export_row(row: dict[str, Any], path: str, image: tuple[Any, bytes] | None) -> tuple[list[str], str]:
-        """Everything of one sample; the image first, so a sample whose image fails has no files.
-        Returns the folders written to and how the image was exported."""
-        how = ""
-        if image is not None and img_root is not None:
-            ref, data = image
-            how = export_image(
-                ref,
-                data,
-                io.join(img_root, path),
-                size=(int(row["width"]), int(row["height"])),
-                link=link_images,
-                max_pixels=max_pixels,
-            ).how
-        t5 = S.unpack_tensor(row[text_cols[0]], (row[text_cols[1]], hidden), meta.text.dtype)  # type: ignore[union-attr]
-        out: list[tuple[str, str, bytes]] = []  # (folder, file name, bytes)
-        npz_name, npy_name = loader_name(path, ".npz"), loader_name(path, ".npy")
-        for folder, fmt in t5_folders:
-            out.append((folder, npz_name, formats[fmt].npz(t5, max_length, compress)))
-        if alt and sigma and row[alt_cols[0]] is not None:
-            alt_t5 = S.unpack_tensor(row[alt_cols[0]], (row[alt_cols[1]], hidden), meta.text.dtype)  # type: ignore[union-attr]
-            out.append((SIGMA_ALT_T5_FOLDER, npz_name, formats["sigma"].npz(alt_t5, max_length, compress)))
-        for r in res_list:
-            for folder, source, dtype in vae_targets[r]:
-                if source == "ms" or not multiscale:
-                    rh, rw = row[S.vae_column(r, "_h")], row[S.vae_column(r, "_w")]
-                    blob = row[S.vae_column(r)]
-                else:
-                    rh = rw = r
-                    blob = row[S.square_column(r)]
-                lat = S.unpack_tensor(blob, (c2, rh // 8, rw // 8), meta.image.dtype)  # type: ignore[union-attr]
-                out.append((folder, npy_name, _npy_bytes(np.ascontiguousarray(lat, dtype=dtype))))
-        for folder, name, data in out:
-            write(io.join(dest_url, folder, name), data)
-        return [folder for folder, _, _ in out], how
+        def export_row(
+            row: dict[str, Any], path: str, image: tuple[Any, bytes] | None
+        ) -> tuple[list[str], str]:
+            """Everything of one sample; the image first, so a sample whose image fails has no files.
+            Returns the folders written to and how the image was exported."""
+            how = ""
+            if image is not None and img_root is not None:
+                ref, data = image
+                how = export_image(
+                    ref,
+                    data,
+                    io.join(img_root, path),
+                    size=(int(row["width"]), int(row["height"])),
+                    link=link_images,
+                    max_pixels=max_pixels,
+                ).how
+            t5 = S.unpack_tensor(row[text_cols[0]], (row[text_cols[1]], hidden), meta.text.dtype)  # type: ignore[union-attr]
+            out: list[tuple[str, str, bytes]] = []  # (folder, file name, bytes)
+            npz_name, npy_name = loader_name(path, ".npz"), loader_name(path, ".npy")
+            for folder, fmt in t5_folders:
+                out.append((folder, npz_name, formats[fmt].npz(t5, max_length, compress)))
+            if alt and sigma and row[alt_cols[0]] is not None:
+                alt_t5 = S.unpack_tensor(row[alt_cols[0]], (row[alt_cols[1]], hidden), meta.text.dtype)  # type: ignore[union-attr]
+                out.append(
+                    (SIGMA_ALT_T5_FOLDER, npz_name, formats["sigma"].npz(alt_t5, max_length, compress))
+                )
+            for r in res_list:
+                for folder, source, dtype in vae_targets[r]:
+                    if source == "ms" or not multiscale:
+                        rh, rw = row[S.vae_column(r, "_h")], row[S.vae_column(r, "_w")]
+                        blob = row[S.vae_column(r)]
+                    else:
+                        rh = rw = r
+                        blob = row[S.square_column(r)]
+                    lat = S.unpack_tensor(blob, (c2, rh // 8, rw // 8), meta.image.dtype)  # type: ignore[union-attr]
+                    out.append((folder, npy_name, _npy_bytes(np.ascontiguousarray(lat, dtype=dtype))))
+            for folder, name, data in out:
+                write(io.join(dest_url, folder, name), data)
+            return [folder for folder, _, _ in out], how
 
-    opener = ImageOpener()
-    pending: list[tuple[dict[str, Any], Any]] = []
+        opener = ImageOpener()
+        pending: list[tuple[dict[str, Any], Any]] = []
 
-    def settle() -> None:
-        for entry, fut in pending:
-            try:
-                written, how = fut.result()
-            except DecodeError as e:
-                summary.skipped.append((entry["key"], f"image: {e.reason}"))
-                del seen[entry["path"]]
-                continue
-            except ValueError as e:  # an image that changed since, T5 values beyond float16
-                summary.skipped.append((entry["key"], str(e)))
-                del seen[entry["path"]]
-                continue
-            entries.append(entry)
-            for folder in written:
-                summary.files[folder] += 1
-            if how:
-                summary.images[how] = summary.images.get(how, 0) + 1
-            summary.rows += 1
-        pending.clear()
+        def settle() -> None:
+            lease.check()  # no I/O: stops soon after the heartbeat finds the lease taken over
+            for entry, fut in pending:
+                try:
+                    written, how = fut.result()
+                except DecodeError as e:
+                    summary.skipped.append((entry["key"], f"image: {e.reason}"))
+                    del seen[entry["path"]]
+                    continue
+                except ValueError as e:  # an image that changed since, T5 values beyond float16
+                    summary.skipped.append((entry["key"], str(e)))
+                    del seen[entry["path"]]
+                    continue
+                entries.append(entry)
+                for folder in written:
+                    summary.files[folder] += 1
+                if how:
+                    summary.images[how] = summary.images.get(how, 0) + 1
+                summary.rows += 1
+            pending.clear()
 
-    try:
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            for url in fs.files:
-                pf = open_parquet(url)
-                names = set(pf.schema_arrow.names)
-                cols = [c for c in columns if c in names or c not in REF_COLUMNS]
-                for g in range(pf.num_row_groups):
-                    rows = pf.read_row_group(g, columns=cols).to_pylist()
-                    for row in rows:
-                        key = row["key"]
-                        h, w = int(row["height"]), int(row["width"])
-                        if h / w > max_ratio:
-                            summary.skipped.append(
-                                (key, f"ratio {h / w:.3f} > {max_ratio:g} (PixArt drops it)")
-                            )
-                            continue
-                        need = [text_cols[0], *[S.vae_column(r) for r in res_list]]
-                        if square_cols:
-                            need += [S.square_column(r) for r in res_list]
-                        missing = [c for c in need if row[c] is None]
-                        if missing:
-                            summary.skipped.append((key, f"no {', '.join(missing)} (not encoded)"))
-                            continue
-                        path = image_path(key)
-                        if path in seen:
-                            raise ConfigError(
-                                "keys",
-                                key,
-                                "keys that stay distinct with '/' made '_'",
-                                hint=f"{seen[path]!r} too",
-                            )
-                        seen[path] = key
-                        image: tuple[Any, bytes] | None = None
-                        if img_root is not None:
-                            ref = ImageRef.from_columns(row)
-                            if ref is None:
-                                summary.skipped.append((key, "image: the features have no image reference"))
+        try:
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                for url in fs.files:
+                    pf = open_parquet(url)
+                    names = set(pf.schema_arrow.names)
+                    cols = [c for c in columns if c in names or c not in REF_COLUMNS]
+                    for g in range(pf.num_row_groups):
+                        rows = pf.read_row_group(g, columns=cols).to_pylist()
+                        for row in rows:
+                            key = row["key"]
+                            h, w = int(row["height"]), int(row["width"])
+                            if h / w > max_ratio:
+                                summary.skipped.append(
+                                    (key, f"ratio {h / w:.3f} > {max_ratio:g} (PixArt drops it)")
+                                )
                                 continue
-                            try:
-                                image = (ref, opener.read(ref))
-                            except RefError as e:
-                                summary.skipped.append((key, f"image: {e.reason}"))
+                            need = [text_cols[0], *[S.vae_column(r) for r in res_list]]
+                            if square_cols:
+                                need += [S.square_column(r) for r in res_list]
+                            missing = [c for c in need if row[c] is None]
+                            if missing:
+                                summary.skipped.append((key, f"no {', '.join(missing)} (not encoded)"))
                                 continue
-                        entry = {
-                            "path": path,
-                            "prompt": row[text_cols[2]],
-                            "height": h,
-                            "width": w,
-                            "ratio": h / w,
-                            "key": key,
-                        }
-                        if alt:
-                            entry["sharegpt4v"] = row[alt_cols[2]] or ""
-                        pending.append((entry, pool.submit(export_row, row, path, image)))
-                    if len(pending) > 4 * max(1, workers) * 8:
-                        settle()
-            settle()
-    finally:
-        opener.close()
+                            path = image_path(key)
+                            if path in seen:
+                                raise ConfigError(
+                                    "keys",
+                                    key,
+                                    "keys that stay distinct with '/' made '_'",
+                                    hint=f"{seen[path]!r} too",
+                                )
+                            seen[path] = key
+                            image: tuple[Any, bytes] | None = None
+                            if img_root is not None:
+                                ref = ImageRef.from_columns(row)
+                                if ref is None:
+                                    summary.skipped.append(
+                                        (key, "image: the features have no image reference")
+                                    )
+                                    continue
+                                try:
+                                    image = (ref, opener.read(ref))
+                                except RefError as e:
+                                    summary.skipped.append((key, f"image: {e.reason}"))
+                                    continue
+                            entry = {
+                                "path": path,
+                                "prompt": row[text_cols[2]],
+                                "height": h,
+                                "width": w,
+                                "ratio": h / w,
+                                "key": key,
+                            }
+                            if alt:
+                                entry["sharegpt4v"] = row[alt_cols[2]] or ""
+                            pending.append((entry, pool.submit(export_row, row, path, image)))
+                        if len(pending) > 4 * max(1, workers) * 8:
+                            settle()
+                settle()
+        finally:
+            opener.close()
 
-    real_prompt_ratio = SIGMA_REAL_PROMPT_RATIO if alt else 1.0
-    if alt and sigma and entries:
-        empty = sum(1 for e in entries if not e["sharegpt4v"])
-        if empty == len(entries):
-            real_prompt_ratio = 1.0
+        real_prompt_ratio = SIGMA_REAL_PROMPT_RATIO if alt else 1.0
+        if alt and sigma and entries:
+            empty = sum(1 for e in entries if not e["sharegpt4v"])
+            if empty == len(entries):
+                real_prompt_ratio = 1.0
+                summary.warnings.append(
+                    f"the alternate caption '{alt}' is empty for every sample: PixArt-Σ's shipped "
+                    "real_prompt_ratio=0.5 fails building the dataset (it asserts the first 'sharegpt4v' "
+                    "is not empty); train with real_prompt_ratio=1.0, as the config hints say"
+                )
+            elif empty:
+                # Σ's loaders assert on the first entry's alternate caption alone: put one that has it first
+                first = next(i for i, e in enumerate(entries) if e["sharegpt4v"])
+                entries.insert(0, entries.pop(first))
+                summary.warnings.append(
+                    f"the alternate caption '{alt}' is empty for {empty} of {len(entries)} samples: with "
+                    "real_prompt_ratio < 1 they train on an empty caption that often"
+                )
+        text = json.dumps(entries, ensure_ascii=False)
+        lease.verify()  # data_info.json makes the export whole: never into another's folder
+        for u in info_urls:  # written last: a folder with data_info.json is complete
+            io.write_text_atomic(u, text)
+        summary.data_info = info_urls
+        if link_warning:
+            summary.warnings.append(link_warning)
+        if sigma and not alt:
             summary.warnings.append(
-                f"the alternate caption '{alt}' is empty for every sample: PixArt-Σ's shipped "
-                "real_prompt_ratio=0.5 fails building the dataset (it asserts the first 'sharegpt4v' "
-                "is not empty); train with real_prompt_ratio=1.0, as the config hints say"
+                "no alternate caption (--alt-caption): PixArt-Σ's shipped configs set real_prompt_ratio=0.5, "
+                "which needs one ('sharegpt4v'); train with real_prompt_ratio=1.0, as the config hints say"
             )
-        elif empty:
-            # Σ's loaders assert on the first entry's alternate caption alone: put one that has it first
-            first = next(i for i, e in enumerate(entries) if e["sharegpt4v"])
-            entries.insert(0, entries.pop(first))
-            summary.warnings.append(
-                f"the alternate caption '{alt}' is empty for {empty} of {len(entries)} samples: with "
-                "real_prompt_ratio < 1 they train on an empty caption that often"
-            )
-    text = json.dumps(entries, ensure_ascii=False)
-    for u in info_urls:  # written last: a folder with data_info.json is complete
-        io.write_text_atomic(u, text)
-    summary.data_info = info_urls
-    if link_warning:
-        summary.warnings.append(link_warning)
-    if sigma and not alt:
-        summary.warnings.append(
-            "no alternate caption (--alt-caption): PixArt-Σ's shipped configs set real_prompt_ratio=0.5, "
-            "which needs one ('sharegpt4v'); train with real_prompt_ratio=1.0, as the config hints say"
-        )
-    common: _HintCommon = {"max_length": max_length, "scale_factor": meta.image.scale_factor}
-    hints: list[dict[str, Any]] = []
-    for pix_images in (False, True) if images else (False,):
-        for r in sorted(res_list, reverse=True):  # the largest first: config_hint
-            if "internal" in layouts and multiscale:
-                hints.append(
-                    _hint(
-                        f"PixArt_xl2_img{r}_internalms.py",
-                        "InternalDataMS",
-                        dest_url,
-                        r,
-                        multiscale=True,
-                        load_vae_feat=not pix_images,
-                        sigma=False,
-                        **common,
+        common: _HintCommon = {"max_length": max_length, "scale_factor": meta.image.scale_factor}
+        hints: list[dict[str, Any]] = []
+        for pix_images in (False, True) if images else (False,):
+            for r in sorted(res_list, reverse=True):  # the largest first: config_hint
+                if "internal" in layouts and multiscale:
+                    hints.append(
+                        _hint(
+                            f"PixArt_xl2_img{r}_internalms.py",
+                            "InternalDataMS",
+                            dest_url,
+                            r,
+                            multiscale=True,
+                            load_vae_feat=not pix_images,
+                            sigma=False,
+                            **common,
+                        )
                     )
-                )
-            if "internal" in layouts and has_square:
-                hints.append(
-                    _hint(
-                        f"PixArt_xl2_img{r}_internal.py",
-                        "InternalData",
-                        dest_url,
-                        r,
-                        multiscale=False,
-                        load_vae_feat=not pix_images,
-                        sigma=False,
-                        **common,
+                if "internal" in layouts and has_square:
+                    hints.append(
+                        _hint(
+                            f"PixArt_xl2_img{r}_internal.py",
+                            "InternalData",
+                            dest_url,
+                            r,
+                            multiscale=False,
+                            load_vae_feat=not pix_images,
+                            sigma=False,
+                            **common,
+                        )
                     )
-                )
-            if sigma and multiscale:
-                size = "2K" if r == 2048 else str(r)
-                kv = "_kvcompress" if r == 2048 else ""
-                hints.append(
-                    _hint(
-                        f"PixArt_sigma_xl2_img{size}_internalms{kv}.py",
-                        "InternalDataMSSigma",
-                        dest_url,
-                        r,
-                        multiscale=True,
-                        load_vae_feat=not pix_images,
-                        sigma=True,
-                        real_prompt_ratio=real_prompt_ratio,
-                        **common,
+                if sigma and multiscale:
+                    size = "2K" if r == 2048 else str(r)
+                    kv = "_kvcompress" if r == 2048 else ""
+                    hints.append(
+                        _hint(
+                            f"PixArt_sigma_xl2_img{size}_internalms{kv}.py",
+                            "InternalDataMSSigma",
+                            dest_url,
+                            r,
+                            multiscale=True,
+                            load_vae_feat=not pix_images,
+                            sigma=True,
+                            real_prompt_ratio=real_prompt_ratio,
+                            **common,
+                        )
                     )
-                )
-            if sigma and has_square:
-                hints.append(
-                    _hint(
-                        f"PixArt_sigma_xl2_img{r}_internal.py",
-                        "InternalDataSigma",
-                        dest_url,
-                        r,
-                        multiscale=False,
-                        load_vae_feat=not pix_images,
-                        sigma=True,
-                        real_prompt_ratio=real_prompt_ratio,
-                        **common,
+                if sigma and has_square:
+                    hints.append(
+                        _hint(
+                            f"PixArt_sigma_xl2_img{r}_internal.py",
+                            "InternalDataSigma",
+                            dest_url,
+                            r,
+                            multiscale=False,
+                            load_vae_feat=not pix_images,
+                            sigma=True,
+                            real_prompt_ratio=real_prompt_ratio,
+                            **common,
+                        )
                     )
-                )
-    summary.config_hints = hints
-    summary.config_hint = hints[0] if hints else {}
-    return summary
+        summary.config_hints = hints
+        summary.config_hint = hints[0] if hints else {}
+        return summary

@@ -77,3 +77,19 @@ def observe(output: str, index: int) -> dict[str, Any]:
         "listed_by_marker": any(io.basename(u).startswith(f"part-{index:05d}") for u in sd.data_files()),
         "downstream_input": index in {s.index for s in stage_output_shards(output)},
     }
+
+
+@dataclass
+class TakeoverBlobStage(BlobStage):
+    """A blob stage during whose shard ``at`` another run takes the output's lease over, after its
+    rows are written (a multipart upload in progress when they exceed the block size)."""
+
+    at: int = 1
+
+    def process_shard(self, shard: InputShard, out: ShardOutput) -> dict[str, Any]:
+        from tests.runner.stages import take_over_lease
+
+        stats = super().process_shard(shard, out)
+        if shard.index == self.at:
+            take_over_lease(self.output)
+        return stats
