@@ -81,15 +81,25 @@ def observe(output: str, index: int) -> dict[str, Any]:
 
 @dataclass
 class TakeoverBlobStage(BlobStage):
-    """A blob stage during whose shard ``at`` another run takes the output's lease over, after its
-    rows are written (a multipart upload in progress when they exceed the block size)."""
+    """A blob stage during whose shard ``at`` another run takes the output's lease over, right
+    after row ``after_row`` is written (a multipart upload in progress once the rows exceed the
+    block size). ``split_rows``: a data file per that many rows (``split="files"``)."""
 
     at: int = 1
+    after_row: int = -1  # -1: after the last row
+    split_rows: int = 0
+
+    def size_policy(self) -> Any:
+        from recaption.shards.size import ShardSizePolicy
+
+        return ShardSizePolicy(max_rows=self.split_rows, split="files") if self.split_rows else None
 
     def process_shard(self, shard: InputShard, out: ShardOutput) -> dict[str, Any]:
-        from tests.runner.stages import take_over_lease
+        from tests.runner import stages
 
-        stats = super().process_shard(shard, out)
-        if shard.index == self.at:
-            take_over_lease(self.output)
-        return stats
+        after = self.after_row % self.rows
+        for r in range(self.rows):
+            out.write([{"key": f"{shard.index}-{r}", "blob": blob(shard.index, r, self.nbytes)}])
+            if shard.index == self.at and r == after:
+                stages.take_over_lease(self.output)
+        return {}
