@@ -14,7 +14,7 @@ from recaption.runner.base import OutputConflictError
 from recaption.shards.layout import StageDir
 from recaption.shards.manifest import read_failures
 from tests.builders import image_bytes, sam_json, sam_member_pairs, truncated_jpeg, write_tar
-from tests.runner.stages import FaultyIndexStage
+from tests.runner.stages import FaultyIndexStage, TakeoverIndexStage
 
 
 @pytest.fixture
@@ -164,3 +164,22 @@ def test_ray_setup_error_fails_at_once(local_ray, sam_tars: Path, tmp_path: Path
 
     with pytest.raises(ValueError, match="nope/nope"):
         run_ray(BadSetup(source=open_source(str(sam_tars))), str(tmp_path / "o"), RayOptions(num_workers=1))
+
+
+@pytest.mark.slow
+def test_ray_worker_commits_nothing_once_the_lease_was_taken_over(local_ray, sam_tars: Path, tmp_path: Path):
+    """The worker (not the driver, whose heartbeat has not noticed) reads the lease before it
+    commits shard 1 and drops the shard; the driver stops the run with the worker's error. Before,
+    the worker committed shard 1 and the run went on into the folder another run owned."""
+    from recaption.shards.lease import LeaseLostError
+    from tests.shards.test_lease_lost import assert_not_committed
+
+    out = tmp_path / "ray"
+    stage = TakeoverIndexStage(source=open_source(str(sam_tars)), output=str(out), at=1)
+    with pytest.raises(LeaseLostError, match="pid 4242 on node-9") as e:
+        run_ray(stage, str(out), RayOptions(num_workers=1), progress=False)
+    assert "Shard 1 was dropped, not committed" in str(e.value)
+    assert sorted(_parts(out)) == ["part-00000.parquet"]
+    for i in (1, 2, 3):
+        assert_not_committed(out, i)
+    assert json.loads((out / "_lease.json").read_text())["id"] == "new-holder"
