@@ -134,7 +134,9 @@ def sweep_leftovers(sd: StageDir) -> None:
 
 def redo_changed_inputs(sd: StageDir, shards: list[InputShard]) -> set[int]:
     """Unmark finished shards whose input files changed since they were made; returns them."""
-    from recaption.shards.identity import compare_shards
+    from recaption.shards.identity import compare_shards, forget_listings
+
+    forget_listings()  # a local run's shards are recorded in this process: from listings made now
 
     stats = {int(s["shard"]): s for s in sd.read_stats() if s.get("input_identity")}
     if not stats:

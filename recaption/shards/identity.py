@@ -147,15 +147,27 @@ def _local_identity(url: str, path: str, fingerprints: bool) -> dict[str, Any] |
     return out
 
 
+def forget_listings() -> None:
+    """Drop the listings kept for the next shards: a new run must see the folders as they are."""
+    _LISTINGS.clear()
+
+
 def identities(
-    paths: Iterable[str], *, reuse_listings: bool = False, fingerprints: bool = False
+    paths: Iterable[str],
+    *,
+    reuse_listings: bool = False,
+    fingerprints: bool = False,
+    guessed: Iterable[str] = (),
 ) -> dict[str, dict[str, Any] | None]:
     """The identity of each path (None where it does not exist).
 
     On local disk one ``stat`` per file (and, with ``fingerprints``, its :func:`fingerprint`); on an
     object store one listing per folder instead of a request per file (``reuse_listings``: the
-    worker's listing of a folder serves all its shards).
+    worker's listing of a folder serves all its shards). ``guessed``: paths that may well not
+    exist (sidecars looked for by name), taken as absent when the listing lacks them; any other
+    path the listing lacks is asked for (it may be newer than the listing).
     """
+    guessed = set(guessed)
     out: dict[str, dict[str, Any] | None] = {}
     by_parent: dict[str, list[str]] = {}
     for p in paths:
@@ -172,7 +184,7 @@ def identities(
             listed = _listing(parent, reuse_listings)
         for p in members:
             info = listed.get(p)
-            if info is None and listed and p.rsplit(".", 1)[-1] in SIDECAR_EXTS:
+            if info is None and listed and p in guessed:
                 out[p] = None  # an absent sidecar: the listing says so, no request per image
                 continue
             if info is None or info.get("type") == "directory":
@@ -202,9 +214,15 @@ def shard_identity(shard: InputShard) -> list[dict[str, Any]]:
     lazily: only for a file whose inode or ctime changed while size and mtime did not.
     """
     paths = shard_paths(shard)
-    companions = list(shard.companions) if shard.companions is not None else companion_paths(shard)
+    listed = shard.companions is not None
+    companions = list(shard.companions or ()) if listed else companion_paths(shard)
     companions_set = set(companions)
-    ids = identities(paths + companions, reuse_listings=True, fingerprints=True)
+    ids = identities(
+        paths + companions,
+        reuse_listings=True,
+        fingerprints=True,
+        guessed=() if listed else companions_set,
+    )
     out: list[dict[str, Any]] = []
     for p in paths + companions:
         ident = ids.get(p)

@@ -368,3 +368,40 @@ def test_local_identity_records_inode_ctime_and_a_fingerprint(tmp_path: Path):
         changed[at] ^= 1
         f.write_bytes(bytes(changed))
         assert fingerprint(str(f), st.st_size) != ident["fp"], at
+
+
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.slow)])
+def test_a_sidecar_added_after_a_pipeline_run_redoes_caption_nouns_and_features(
+    tmp_path: Path, tiny_models: dict[str, str], executor: str, caplog: pytest.LogCaptureFixture
+):
+    """A photo folder captured with img5.txt missing; the sidecar is added: the caption shard
+    holding img5 is redone with its raw caption, and so are the nouns and features made from it."""
+    from recaption.pipeline.config import load_config
+    from recaption.pipeline.run import run_pipeline
+    from tests.builders import image_bytes
+
+    src, out = tmp_path / "photos", tmp_path / "run"
+    src.mkdir()
+    for i in range(8):
+        (src / f"img{i}.jpg").write_bytes(image_bytes(96, 72, seed=i))
+        if i != 5:
+            (src / f"img{i}.txt").write_text(f"a photo number {i}")
+    raw = tiny_config_for(src, out, tiny_models, executor)
+    raw["source"]["shard_size"] = 4
+    cfg = load_config(raw)
+    assert run_pipeline(cfg, progress=False).ok()
+    (src / "img5.txt").write_text("a late caption")
+    with caplog.at_level("INFO", logger="recaption"):
+        result = run_pipeline(cfg, progress=False)
+    assert result.ok()
+    assert any(f"{src / 'img5.txt'} appeared" in r.message for r in caplog.records)
+    for stage in ("caption", "nouns", "encode"):
+        assert [s["shard"] for s in result.summaries[stage].done] == [1], stage
+    caps = pd.read_parquet(out / "captions")
+    assert dict(zip(caps["key"], caps["raw_caption"], strict=True))["img5"] == "a late caption"
+
+
+def tiny_config_for(src: Path, out: Path, models: dict[str, str], executor: str) -> dict:
+    from tests.pipeline.conftest import tiny_config
+
+    return tiny_config(src, out, models, executor=executor)
