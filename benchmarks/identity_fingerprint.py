@@ -1,7 +1,8 @@
 """What the input identity costs on local disk: a ``stat`` per file (a rerun's check) against the
 same plus the content fingerprint recorded at commit (:func:`recaption.shards.identity.fingerprint`,
-the first and last 64 KiB), for a 1 GiB tar shard and a 10,000-file folder chunk, with reading the
-same bytes whole (what the stage's reader does next) as the baseline, in the same run.
+an eighth of the file, 4-64 KiB, at each end), for a 1 GiB tar shard and a 10,000-file folder
+chunk, with reading the same bytes whole (what the stage's reader does next) as the baseline, in the
+same run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/identity_fingerprint.py [--tar-mib 1024]
         [--files 10000] [--file-kib 100]
