@@ -405,3 +405,30 @@ def tiny_config_for(src: Path, out: Path, models: dict[str, str], executor: str)
     from tests.pipeline.conftest import tiny_config
 
     return tiny_config(src, out, models, executor=executor)
+
+
+def test_outputs_recorded_before_are_still_trusted(tmp_path: Path):
+    """Stats written before this record (no inode, ctime, fingerprint, nor the note that every
+    companion was listed) and a _stage.json naming the manifests (captions_from) still match:
+    nothing is redone, nothing refused."""
+    import os
+
+    src, out = tmp_path / "photos", tmp_path / "out"
+    _folder_with_captions(src)
+    (src / "img1.txt").unlink()
+    rows = [{"file_name": "img1.jpg", "text": "from the manifest"}]
+    (src / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _index(src, out).ok
+    sd = StageDir(str(out))
+    stats = json.loads(Path(sd.stats(0)).read_text())
+    stats.pop("input_companions_listed")
+    for ident in stats["input_identity"]:
+        for k in ("ino", "ctime_ns", "fp"):
+            ident.pop(k, None)
+    Path(sd.stats(0)).write_text(json.dumps(stats))
+    stage = json.loads(Path(sd.stage_file).read_text())
+    stage["fingerprint"]["source"]["captions_from"] = ["metadata.jsonl (file_name → text)"]
+    Path(sd.stage_file).write_text(json.dumps(stage))
+    os.chmod(src / "img0.jpg", 0o600)
+    assert _index(src, out).done == []
+    assert _captions(out)["img1"] == "from the manifest"
