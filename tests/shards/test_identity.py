@@ -432,3 +432,23 @@ def test_outputs_recorded_before_are_still_trusted(tmp_path: Path):
     os.chmod(src / "img0.jpg", 0o600)
     assert _index(src, out).done == []
     assert _captions(out)["img1"] == "from the manifest"
+
+
+def test_an_sa1b_annotation_added_to_an_extracted_folder_redoes_its_shard(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """Extracted SA-1B: sa_11.jpg had no sa_11.json (its row warned "no annotation file"); the
+    annotation put there since is read on the rerun."""
+    src, out = tmp_path / "sa", tmp_path / "out"
+    src.mkdir()
+    for name, data in sam_member_pairs(10, 2):
+        if name != "sa_11.json":
+            (src / name).write_bytes(data)
+    assert _index(src, out).ok
+    pairs = dict(sam_member_pairs(10, 2))
+    (src / "sa_11.json").write_bytes(pairs["sa_11.json"])
+    with caplog.at_level("WARNING", logger="recaption"):
+        again = _index(src, out)
+    assert [s["shard"] for s in again.done] == [0]
+    assert any(f"{src / 'sa_11.json'} appeared" in r.message for r in caplog.records)
+    assert _index(src, out).done == []
