@@ -4,10 +4,22 @@ Each finished shard's stats file records the identity of every file of its input
 and a version (the object's ETag on an object store, the modification time elsewhere). A rerun
 compares them with the files as they are now; a shard whose input changed is redone (its stats
 file removed first, so nothing downstream believes the old output meanwhile) and the log names
-the file; one whose input vanished is reported and kept. A folder chunk's input also includes
-its images' caption sidecars and its folders' caption manifests (:func:`companion_paths`): editing
-or removing one redoes the shard. A sidecar added later is not noticed (absent ones are not
-recorded, which would double every stats file).
+the file; one whose input vanished is reported and kept.
+
+A folder chunk's rows are also read from its companions (:attr:`InputShard.companions`): its
+images' ``.txt``/``.json`` sidecars and the caption manifests over them, as the plan's listing
+found them. The stats record those that existed and say (``input_companions_listed``) that no
+other did, so absence costs nothing to record; a rerun compares its own listing, made to plan
+the shards anyway, with the record: one edited or removed, and one that appeared since, redoes the
+shard, at no request per file.
+
+On local disk a user can set a file's mtime (``cp -p``, ``rsync -t``, ``touch -r``) but not its
+ctime, and a replacement by rename also changes the inode: both are recorded, with a
+:func:`fingerprint` of the content. Equal size and mtime with another inode or ctime is only a
+suspicion (a ``chmod`` changes the ctime too): the shard is redone when the fingerprint differs,
+and otherwise kept, its record brought up to date. On an object store the ETag is a hash of the
+bytes (s3fs lists it; moto, like S3, gives the MD5 of a single PUT and of the parts' MD5s for a
+multipart upload): a rewrite with the same size is a new version, nothing to add.
 
 Downstream stages (nouns and encode read caption shards) record the caption shard's identity the
 same way, so a redone caption shard makes its nouns and features shards be redone too.
