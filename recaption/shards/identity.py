@@ -199,7 +199,7 @@ def identities(
         by_parent.setdefault(parent, []).append(p)
     for parent, members in by_parent.items():
         fs, _ = io.fs_path(parent or ".")
-        if io.protocol_of(parent or ".") in ("file", "local"):
+        if "file" in (fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)):
             for p in members:
                 out[p] = _local_identity(p, fs._strip_protocol(p) if "://" in p else p, fingerprints)
             continue
