@@ -58,10 +58,21 @@ class IndexStage(Stage):
             "max_pixels": self.max_pixels,
             "min_side": self.min_side,
         }
-        manifests = getattr(self.source, "manifests", ())
-        if manifests:  # where raw captions came from; absent otherwise, so older outputs still match
-            out["source"]["captions_from"] = [m.describe() for m in manifests]
+        # Which caption manifests a folder has is input, not configuration: one that appears,
+        # changes or goes redoes the shards it captions (recaption.shards.identity). The option
+        # choosing their text column is configuration (absent when unset: older outputs match).
+        from recaption.readers.folder import FolderSource
+
+        if isinstance(self.source, FolderSource) and self.source.text_column:
+            out["source"]["text_column"] = self.source.text_column
         return out
+
+    def recorded_fingerprint(self, old: dict[str, Any]) -> dict[str, Any]:
+        # outputs made while the manifests' names were recorded here still match
+        source = old.get("source")
+        if isinstance(source, dict) and "captions_from" in source:
+            return {**old, "source": {k: v for k, v in source.items() if k != "captions_from"}}
+        return old
 
     def shards(self) -> list[InputShard]:
         return self.source.shards()

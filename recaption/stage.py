@@ -58,6 +58,11 @@ class Stage(ABC):
     def fingerprint(self) -> dict[str, Any]:
         """Every option that changes the output. A rerun into the same folder must match it."""
 
+    def recorded_fingerprint(self, old: dict[str, Any]) -> dict[str, Any]:
+        """A fingerprint an older version recorded, as this version would write it (a key it no
+        longer records dropped), so outputs made before still match."""
+        return old
+
     @abstractmethod
     def shards(self) -> list[InputShard]:
         """The input shards, in order; shard ``i`` becomes output ``part-{i:05d}``."""

@@ -85,7 +85,12 @@ class InputShard:
     """A deterministic slice of a source: input shard ``index`` becomes output ``part-{index:05d}``.
 
     ``uri`` is the shard file (a tar, a parquet) or the folder; ``files`` lists the files of a
-    folder chunk; ``start``/``stop`` select rows of a table.
+    folder chunk; ``start``/``stop`` select rows of a table. ``companions``: the files beside a
+    folder chunk's images that its rows are also read from (their ``.txt``/``.json`` sidecars, the
+    caption manifests over them) as the plan's listing found them; ``None`` where the source does
+    not list them. Recorded with the output, so a rerun notices one that appeared since
+    (:mod:`recaption.shards.identity`); not part of the plan (a new sidecar redoes its shard, it
+    does not make a different source).
     """
 
     index: int
@@ -94,6 +99,7 @@ class InputShard:
     start: int = 0
     stop: int | None = None
     kind: str = ""
+    companions: tuple[str, ...] | None = None
 
     def describe(self) -> str:
         if self.files:
@@ -110,6 +116,8 @@ class InputShard:
             "start": self.start,
             "stop": self.stop,
             "kind": self.kind,
+            # only where listed: the dict of every other shard (and older plans' digests) unchanged
+            **({} if self.companions is None else {"companions": list(self.companions)}),
         }
 
     @classmethod
@@ -121,6 +129,7 @@ class InputShard:
             start=int(d.get("start") or 0),
             stop=None if d.get("stop") is None else int(d["stop"]),
             kind=str(d.get("kind") or ""),
+            companions=None if d.get("companions") is None else tuple(d["companions"]),
         )
 
 

@@ -234,6 +234,7 @@ def _pick(
                 skipped=_not_read(
                     files, set(images) | annotations, links, "an SA-1B image or annotation file"
                 ),
+                annotations=frozenset(annotations.intersection(files)),
             )
         return FolderSource.scan(root, files, size, text_column=text_column, skipped=links)
     if tables and want("parquet", "table"):

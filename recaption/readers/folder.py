@@ -188,6 +188,7 @@ class FolderSource(Source):
     # (file, reason, severity) for files that are no sample, sidecar nor manifest: reported by shard 0
     skipped: tuple[tuple[str, str, str], ...] = ()
     read_window: int | None = None  # files read at once (None: fetch.DEFAULT_WINDOW; 1: one by one)
+    text_column: str | None = None  # the --text-column given for the manifests (None: found per manifest)
     _captions: Any = field(default=None, init=False, repr=False, compare=False)
     _sidecar_at: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -272,6 +273,7 @@ class FolderSource(Source):
             "sidecars": frozenset(sidecars),
             "manifests": tuple(manifests),
             "skipped": tuple(sorted(listed)),
+            "text_column": text_column,
         }
         if img2dataset:
             by_dir: dict[str, list[str]] = {d: [] for d in shard_dirs}
@@ -292,8 +294,29 @@ class FolderSource(Source):
 
     def shards(self) -> list[InputShard]:
         return [
-            InputShard(index=i, uri=self.root, files=g, kind=self.kind) for i, g in enumerate(self.groups)
+            InputShard(index=i, uri=self.root, files=g, kind=self.kind, companions=self._companions(i, g))
+            for i, g in enumerate(self.groups)
         ]
+
+    def _companions(self, index: int, group: tuple[str, ...]) -> tuple[str, ...]:
+        """The files beside ``group`` that :meth:`read_shard` reads: its images' sidecars and the
+        manifests of their folders and the folders above (shard 0, which reports every manifest's
+        problems, all of them). From this listing, so a rerun compares listings, not files."""
+        if self.captions_only:
+            return ()
+        out = [
+            side
+            for f in group
+            if not unsupported_image_reason(_ext(f))
+            for side in (self._sidecar(f, "txt"), self._sidecar(f, "json"))
+            if side is not None
+        ]
+        folders = {posixpath.dirname(_rel(self.root, f)) for f in group}
+        for m in self.manifests:
+            d = posixpath.dirname(_rel(self.root, m.uri))
+            if index == 0 or any(not d or x == d or x.startswith(d + "/") for x in folders):
+                out.append(m.uri)
+        return tuple(out)
 
     def _manifest_captions(self) -> tuple[dict[str, str], list[Failure]]:
         """Captions by file path relative to the root, and the manifests' own problems."""

@@ -69,13 +69,25 @@ class SamSource(Source):
     captions_dir: str | None = None
     # (file, reason, severity) for the folder's other files and links: reported by shard 0
     skipped: tuple[tuple[str, str, str], ...] = ()
+    # extracted folders: the sa_<id>.json annotation files the listing found (None: not listed)
+    annotations: frozenset[str] | None = None
     kind = "sam"
 
     def shards(self) -> list[InputShard]:
         if self.tars:
             return [InputShard(index=i, uri=u, kind=self.kind) for i, u in enumerate(self.tars)]
         chunks = [self.images[i : i + self.shard_size] for i in range(0, len(self.images), self.shard_size)]
-        return [InputShard(index=i, uri=self.root, files=c, kind=self.kind) for i, c in enumerate(chunks)]
+        return [
+            InputShard(index=i, uri=self.root, files=c, kind=self.kind, companions=self._companions(c))
+            for i, c in enumerate(chunks)
+        ]
+
+    def _companions(self, chunk: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The annotation files beside ``chunk``'s images (the ``.json`` read for each): recorded,
+        so one added after the run redoes the shard (:mod:`recaption.shards.identity`)."""
+        if self.annotations is None:
+            return None
+        return tuple(a for f in chunk if (a := f[: f.rfind(".")] + ".json") in self.annotations)
 
     def _caption(self, sample: Sample) -> None:
         if not self.captions_dir:

@@ -29,7 +29,11 @@ class OutputConflictError(RecaptionError):
 def plan_digest(shards: list[InputShard]) -> str:
     h = hashlib.sha256()
     for s in shards:
-        h.update(json.dumps(s.to_dict(), sort_keys=True).encode())
+        # a shard's companions (sidecars, manifests) are compared per shard, not here: one that
+        # appears redoes its shard instead of making the whole rerun a different source
+        d = s.to_dict()
+        d.pop("companions", None)
+        h.update(json.dumps(d, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -62,10 +66,10 @@ def prepare_output(stage: Stage, output: str, shards: list[InputShard]) -> Stage
     }
     if io.exists(sd.stage_file):
         old = json.loads(io.read_text(sd.stage_file))
-        changes = _diff(
-            {k: old.get(k) for k in ("stage", "fingerprint", "shards", "plan_digest")},
-            record,
-        )
+        recorded = {k: old.get(k) for k in ("stage", "fingerprint", "shards", "plan_digest")}
+        if isinstance(recorded["fingerprint"], dict):
+            recorded["fingerprint"] = stage.recorded_fingerprint(recorded["fingerprint"])
+        changes = _diff(recorded, record)
         if changes and old.get("stage") == stage.name and not sd.done_indices():
             # Nothing finished yet (a first try that failed on every shard): nothing would mix,
             # so the corrected configuration simply replaces the recorded one.
@@ -131,18 +135,39 @@ def sweep_leftovers(sd: StageDir) -> None:
 
 def redo_changed_inputs(sd: StageDir, shards: list[InputShard]) -> set[int]:
     """Unmark finished shards whose input files changed since they were made; returns them."""
-    from recaption.shards.identity import changed_shards
+    from recaption.shards.identity import compare_shards, forget_listings
 
-    recorded = {int(s["shard"]): s["input_identity"] for s in sd.read_stats() if s.get("input_identity")}
-    if not recorded:
+    forget_listings()  # a local run's shards are recorded in this process: from listings made now
+
+    stats = {int(s["shard"]): s for s in sd.read_stats() if s.get("input_identity")}
+    if not stats:
         return set()
-    changed, vanished = changed_shards(recorded, {s.index: s for s in shards})
-    for i, why in vanished.items():
+    result = compare_shards(
+        {i: s["input_identity"] for i, s in stats.items()},
+        {s.index: s for s in shards},
+        listed=[i for i, s in stats.items() if s.get("input_companions_listed")],
+    )
+    for i, why in result.vanished.items():
         log.warning("%s: shard %d was made from input that vanished: %s; its output is kept", sd.url, i, why)
-    for i, why in changed.items():
+    for i, why in result.changed.items():
         log.warning("%s: shard %d's input changed since it was made: %s; redoing it", sd.url, i, why)
         unmark(sd, i)
-    return set(changed)
+    for i, ids in result.refreshed.items():
+        paths = result.same_content[i]
+        log.info(
+            "%s: shard %d: %s%s is the same content (size, modification time and fingerprint equal; "
+            "only its inode or ctime changed, as by a chmod or a copy of the same bytes): kept",
+            sd.url,
+            i,
+            paths[0],
+            f" (and {len(paths) - 1} more)" if len(paths) > 1 else "",
+        )
+        # brought up to date so the next rerun does not fingerprint these files again; written
+        # as a whole file replacing the old one, so the shard stays finished throughout
+        io.write_text_atomic(
+            sd.stats(i), json.dumps({**stats[i], "input_identity": ids}, indent=1, sort_keys=True)
+        )
+    return set(result.changed)
 
 
 def unmark(sd: StageDir, index: int) -> None:

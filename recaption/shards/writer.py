@@ -258,7 +258,12 @@ class ShardOutput:
             "shard": self.shard.index,
             "input": self.shard.to_dict()
             if not self.shard.files
-            else {**self.shard.to_dict(), "files": len(self.shard.files)},
+            else {
+                **self.shard.to_dict(),
+                "files": len(self.shard.files),
+                # listed in input_identity with their versions
+                **({} if self.shard.companions is None else {"companions": len(self.shard.companions)}),
+            },
             "rows": self.rows,
             "errors": reasons[False].total(),
             "warnings": reasons[True].total(),
@@ -272,6 +277,10 @@ class ShardOutput:
         stats["files"] = [io.basename(f) for f in files]
         if self.input_identity is not None:
             stats["input_identity"] = self.input_identity
+            if self.shard.companions is not None:
+                # the identity lists every companion that existed: any other one appearing later
+                # is new to this shard's rows (recaption.shards.identity)
+                stats["input_companions_listed"] = True
         if extra:
             stats.update(extra)
         io.write_text_atomic(

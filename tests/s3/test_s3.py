@@ -229,3 +229,73 @@ def test_an_edited_caption_sidecar_on_s3_changes_its_shards_identity(s3: S3):
     io.write_bytes_atomic(io.join(folder, "img0.txt"), b"a red dog")
     changed, vanished = changed_shards({0: ids}, {0: shard})
     assert "img0.txt changed" in changed[0] and not vanished
+
+
+def test_a_caption_sidecar_added_on_s3_after_the_run_redoes_its_shard(
+    s3: S3, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """Issue 10.2 on an object store: img1.jpg had no sidecar when captured; the img1.txt put
+    since is noticed from the rerun's one listing of the folder (no request per file), and the
+    shard is redone with it."""
+    import pandas as pd
+
+    from recaption.index import IndexStage
+    from recaption.readers import open_source
+    from recaption.shards import identity
+    from tests.builders import image_bytes
+
+    folder, out = s3.url("photos"), s3.url("out")
+    for i in range(3):
+        io.write_bytes_atomic(io.join(folder, f"img{i}.jpg"), image_bytes(32, 24, seed=i))
+    io.write_bytes_atomic(io.join(folder, "img0.txt"), b"a red cat")
+    assert run_local(IndexStage(source=open_source(folder)), out, progress=False).ok
+    io.write_bytes_atomic(io.join(folder, "img1.txt"), b"a late caption")
+    with caplog.at_level("WARNING", logger="recaption"):
+        again = run_local(IndexStage(source=open_source(folder)), out, progress=False)
+    assert [s["shard"] for s in again.done] == [0]
+    assert any("img1.txt appeared" in r.message for r in caplog.records)
+    with io.open_file(StageDir(out).data(0)) as f:
+        df = pd.read_parquet(f)
+    assert dict(zip(df["key"], df["raw_caption"], strict=True))["img1"] == "a late caption"
+    assert run_local(IndexStage(source=open_source(folder)), out, progress=False).done == []
+    # the comparison itself: the listing the plan made, no request per file
+    io.write_bytes_atomic(io.join(folder, "img2.txt"), b"another")
+    infos: list[str] = []
+    real = io.info
+    monkeypatch.setattr(io, "info", lambda u: infos.append(u) or real(u))
+    rec = {int(s["shard"]): s["input_identity"] for s in StageDir(out).read_stats()}
+    comparison = identity.compare_shards(rec, {0: open_source(folder).shards()[0]}, listed=[0])
+    assert comparison.changed == {0: f"{io.join(folder, 'img2.txt')} appeared"} and infos == []
+
+
+@pytest.mark.parametrize("size", [100, 6 * 2**20], ids=["one PUT", "multipart"])
+def test_the_etag_tells_a_same_size_rewrite_on_s3(s3: S3, size: int):
+    """On an object store the identity's version is the ETag, which s3fs lists and S3 (moto
+    too) derives from the bytes (the MD5 of a single PUT, the MD5 of the parts' MD5s with the
+    part count for a multipart upload): a rewrite with the same size is a new version, and
+    there is no user-set mtime to hide it behind. The same bytes again keep the ETag."""
+    import hashlib
+
+    from recaption.readers.base import InputShard
+    from recaption.shards.identity import changed_shards, shard_identity
+
+    url = s3.url("in", "00000.tar")
+
+    def put(byte: bytes) -> None:
+        with io.atomic_open(url) as f:  # streamed: over the 5 MiB block, a multipart upload
+            for _ in range(0, size, 2**20):
+                f.write(byte * min(2**20, size))
+
+    put(b"x")
+    shard = InputShard(index=0, uri=url)
+    [old] = shard_identity(shard)
+    if size == 100:
+        assert old["version"] == hashlib.md5(b"x" * 100).hexdigest()
+    else:
+        assert old["version"].endswith("-2")  # two 5 MiB-or-less parts
+    assert "fp" not in old and "ino" not in old  # nothing to add where the store hashes the bytes
+    put(b"x")
+    assert changed_shards({0: [old]}, {0: shard}) == ({}, {})
+    put(b"y")
+    changed, vanished = changed_shards({0: [old]}, {0: shard})
+    assert list(changed) == [0] and "version" in changed[0] and not vanished
