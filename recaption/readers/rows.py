@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io as _pyio
 import json
+import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,10 +85,31 @@ def _json_layout(uri: str) -> str:
         return "json"
     if head.startswith(b"{"):
         try:
-            json.loads(head)
+            value = json.loads(head)
         except ValueError:
             return "json"  # an object over several lines: a document
+        if _file_mapping(value) and not _more_lines(uri):
+            return "json"  # {"a.jpg": "...", ...} on one line: a mapping, not one JSON-lines record
     return "jsonl"
+
+
+def _file_mapping(value: Any) -> bool:
+    """An object of strings keyed by image file names (a record's keys are column names)."""
+    from recaption.images.formats import is_image_extension
+
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(v, str) for v in value.values())
+        and all(is_image_extension(posixpath.splitext(k)[1].lstrip(".").lower()) for k in value)
+    )
+
+
+def _more_lines(uri: str) -> bool:
+    """Whether anything but blank lines follows the first line."""
+    with io.open_file(uri, "rb") as f:
+        f.readline()
+        return any(line.strip() for line in f)
 
 
 def _lines(f: Any) -> Iterator[bytes]:

@@ -94,6 +94,18 @@ def test_json_manifests_mapping_and_records(tmp_path: Path):
     assert _read(d2)[0] == {"images/a": "from the sidecar", "images/b": "a bee"}
 
 
+def test_a_json_mapping_written_on_one_line_is_a_mapping(tmp_path: Path):
+    """``json.dump(captions, f)`` writes one line. Caught: the file was taken for JSON lines with one
+    record whose columns were the file names ('a manifest has a file_name/image/file column; this
+    has a.jpg, b.jpg'), and every caption was lost."""
+    d = _folder(tmp_path, ["a.jpg", "b.JPG"])
+    (d / "captions.json").write_text(json.dumps({"a.jpg": "an apple", "b.JPG": "a bee"}))
+    assert _read(d) == ({"a": "an apple", "b": "a bee"}, [])
+    # one record on one line is still a record, not a mapping of its column names
+    (d / "captions.json").write_text(json.dumps({"image": "b.JPG", "caption": "one record"}))
+    assert _read(d) == ({"a": None, "b": "one record"}, [])
+
+
 def test_text_column_is_refused_on_a_folder_without_a_manifest(tmp_path: Path):
     d = _folder(tmp_path, ["a.jpg"])
     with pytest.raises(ConfigError, match=r"--text-column"):
