@@ -177,3 +177,32 @@ def test_auto_prompt_with_raw_captions_is_laion(tiny_llava_dir: str, images: Pat
     (images / "img3.txt").write_text("a red car by the sea")
     stage = CaptionStage(source=open_source(str(images)), model=cfg(tiny_llava_dir), prompt="auto")
     assert stage.template.name == "laion"
+
+
+def test_each_caption_column_is_reported_and_its_reasons_group_by_what_happened(
+    tiny_llava_dir: str, images: Path, tmp_path: Path
+):
+    """Another column's fallbacks, length cuts and failures reach the summary under its name, and
+    its manifest reasons group by what happened, not by the column's name (was: "5 × s", and a
+    summary that only described dense_caption)."""
+    from recaption.quality import quality_lines
+
+    src = open_source(str(images), shard_size=3)
+    stage = CaptionStage(source=src, model=cfg(tiny_llava_dir, max_new_tokens=3), prompt=["sam", "s=laion"])
+    res = run_local(stage, str(tmp_path / "c"), progress=False)
+    assert res.ok
+    # no raw captions: the 'laion' column fell back on all 5 images
+    assert res.error_reasons("warning") == {"no raw caption under the prompt": 5}
+    failures = pd.read_parquet(tmp_path / "c" / "_failures")
+    assert all(r.endswith("(caption column s)") for r in failures["reason"])
+    q = res.to_dict()["quality"]
+    df = pd.read_parquet(tmp_path / "c")
+    assert q["prompt_fallback"] == 0 and q["columns"]["s"]["prompt_fallback"] == 5
+    assert q["columns"]["s"]["finish_reasons"] == {
+        "stop": int((df["s_finish_reason"] == "stop").sum()),
+        "length": int((df["s_finish_reason"] == "length").sum()),
+        "error": 0,
+    }
+    lines = [line for line, _ in quality_lines("caption", q)]
+    assert any(line.startswith("caption s: 5 samples") for line in lines), lines
+    assert any("caption s:" in line and "5 prompt fallbacks" in line for line in lines), lines
