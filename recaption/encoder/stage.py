@@ -300,8 +300,11 @@ class EncodeStage(Stage):
         from recaption.encoder.flags import describe, drop_reasons, flag_columns
 
         captions = [field_column(f) for f in self.fields] if self.text is not None else []
-        # the generated captions whose flags --drop-flagged reads (raw captions have none)
-        generated = [c for c in captions if c != "raw_caption"] or ["dense_caption"]
+        # the generated captions whose flags --drop-flagged reads (raw captions have none; with raw
+        # alone, the dense caption's). From the fields, not from what this stage encodes: the VAE
+        # half of split workers (text=None) must drop exactly the rows the T5 half dropped.
+        generated = [field_column(f) for f in self.fields if field_column(f) != "raw_caption"]
+        generated = generated or ["dense_caption"]
         optional = ["error", "finish_reason"]
         if self.drop_flagged:
             optional += [c for c in flag_columns(generated) if c not in optional]

@@ -193,3 +193,31 @@ def test_a_second_caption_column_becomes_sigmas_alternative_caption(
         assert it["prompt"] == feats.loc[key, "t5_dense_text"]
         assert it["sharegpt4v"] == feats.loc[key, "t5_short_caption_text"]
     assert [it["sharegpt4v"] for it in items] != [it["prompt"] for it in items]
+
+
+def test_split_workers_vae_half_drops_the_rows_the_t5_half_dropped(
+    flagged_captions: Path, tiny_t5_dir: str, tiny_vae_model_dir: str, tmp_path: Path
+):
+    """``encode.split_workers``: the VAE-only stage reads the same caption columns' flags as the T5
+    stage. Was: it read dense_caption's alone, so a row dropped for its short caption's length came
+    out as an error "no T5 features for this key", and the summary counted one drop fewer."""
+    text, image = encode_configs(
+        "alpha",
+        t5_model=tiny_t5_dir,
+        vae_model=tiny_vae_model_dir,
+        resolutions=(256,),
+        device="cpu",
+        t5_hidden_size=32,
+    )
+    kw = {"fields": ("dense", "short_caption"), "drop_flagged": ("length",)}
+    t_out, out = tmp_path / "text", tmp_path / "features"
+    assert run_local(EncodeStage(captions=str(flagged_captions), text=text, image=None, **kw), str(t_out)).ok
+    res = run_local(
+        EncodeStage(captions=str(flagged_captions), text=None, image=image, text_from=str(t_out), **kw),
+        str(out),
+        progress=False,
+    )
+    assert res.error_reasons() == {"dropped by --drop-flagged length": 3}
+    failures = read_failures(str(out)).set_index("key")
+    assert "short_caption hit the token limit" in failures.loc["000000004", "reason"]
+    assert sorted(pd.read_parquet(out).key) == ["000000000", "000000002", "000000003"]
