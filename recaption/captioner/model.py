@@ -125,7 +125,8 @@ class CaptionerConfig:
     ``image_aspect``: ``"pad"`` pads each image to a square with the processor's image mean first
     (LLaVA-1.5's own ``expand2square``); ``"crop"`` leaves it to the processor (LLaVA-1.5's llava-hf
     processor centre-crops, losing the sides); ``"auto"`` is ``"pad"`` for LLaVA-1.5 (model type
-    ``llava``) and the processor's own handling for every other family.
+    ``llava``) and the processor's own handling for every other family, whose processors keep the
+    whole image: resolved (and recorded per row) as ``"native"``, also when ``"crop"`` was asked.
     ``max_prompt_tokens`` (0: automatic) is the longest prompt this worker accepts, in tokens; the
     automatic value is the worst-case image tokens plus ``max_prompt_text_tokens``.
     ``gpu_share`` is this worker's fraction of its GPU (``gpus_per_worker`` < 1 shares a card).
@@ -617,7 +618,12 @@ class Captioner:
         if aspect == "auto":
             # LLaVA-1.5 was trained (and PixArt captioned) on images padded to a square; other
             # families have their own any-resolution handling.
-            aspect = "pad" if model_type == "llava" else "crop"
+            aspect = "pad" if model_type == "llava" else "native"
+        elif aspect == "crop" and model_type != "llava":
+            # only LLaVA-1.5's processor centre-crops; the others (LLaVA-NeXT's tiles and resized
+            # base image, Qwen2-VL's own resolution, Idefics3's tiles and global view) keep the
+            # whole image, so the row must not claim a crop that never happened
+            aspect = "native"
         self.image_aspect = aspect
         mean = getattr(image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
         if isinstance(mean, int | float):

@@ -78,7 +78,8 @@ def caption_schema(specs: list[CaptionSpec] | None = None) -> Any:
             *sample_fields(),
             pa.field("model_id", pa.string()),
             pa.field("model_revision", pa.string()),
-            pa.field("image_aspect", pa.string()),  # pad (to a square, LLaVA-1.5) | crop (the processor's)
+            # pad (to a square) | crop (LLaVA-1.5's processor) | native (other families: whole image)
+            pa.field("image_aspect", pa.string()),
             *schema_fields(specs),
         ]
     )

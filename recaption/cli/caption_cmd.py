@@ -58,7 +58,8 @@ def caption_command(
     image_aspect: str = typer.Option(
         "auto",
         "--image-aspect",
-        help="auto | pad (to a square with the image mean; LLaVA-1.5's default) | crop (the processor's).",
+        help="auto | pad (to a square with the image mean; LLaVA-1.5's default) | crop (LLaVA-1.5's "
+        "processor; other families keep the whole image).",
     ),
     stop_loops: bool = typer.Option(
         True, "--stop-loops/--no-stop-loops", help="End a caption whose tokens loop (not at max-new-tokens)."

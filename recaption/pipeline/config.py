@@ -71,7 +71,9 @@ class CaptionConfig(_Strict):
         False, description="torch.compile generation on GPU (+8-10% measured, ~30 s warm-up)."
     )
     image_aspect: str = Field(
-        "auto", description="auto | pad (to a square, LLaVA-1.5's own) | crop (the processor's)."
+        "auto",
+        description="auto | pad (to a square, LLaVA-1.5's own) | crop (LLaVA-1.5's processor; "
+        "other families keep the whole image).",
     )
     stop_loops: bool = Field(True, description="End a caption whose tokens loop, not at max_new_tokens.")
     trust_remote_code: bool = Field(False, description="Allow the model repository's own code.")
