@@ -112,8 +112,9 @@ FINISH_REPETITION = "repetition"  # ended early in a long loop (LoopStopper), fl
 class CaptionerConfig:
     """Everything that decides which model runs and how it generates. Cheap and picklable.
 
-    ``dtype="auto"`` is bfloat16 on CUDA and float32 on CPU. ``batch_size=0`` picks a batch size
-    after loading, from free GPU memory and the KV cache a sequence needs (8 on CPU).
+    ``dtype="auto"`` is :func:`auto_dtype` (the checkpoint's half dtype on CUDA, float32 on CPU).
+    ``batch_size=0`` picks a batch size after loading, from free GPU memory and the KV cache a
+    sequence needs (8 on CPU).
     ``cache="auto"`` is ``"static"`` on CUDA (a preallocated KV cache: ``"dynamic"`` re-copies the
     whole cache at every token) and ``"dynamic"`` on CPU. ``compile`` adds ``torch.compile`` with
     CUDA graphs on top of the static cache; it costs ~30 s of compilation per process and pads a

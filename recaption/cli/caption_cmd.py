@@ -26,7 +26,10 @@ def caption_command(
     ),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu."),
     dtype: str = typer.Option(
-        "auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32."
+        "auto",
+        "--dtype",
+        help="auto (on GPU the checkpoint's own half dtype, bf16 for a float32 one; fp32 on CPU) | "
+        "bfloat16 | float16 | float32.",
     ),
     batch_size: int = typer.Option(
         0, "--batch-size", help="Images per generate call (0: from free GPU memory)."

@@ -52,7 +52,11 @@ class CaptionConfig(_Strict):
         "captions, sam otherwise. A list of COLUMN=PROMPT writes one caption column per prompt.",
     )
     device: str = Field("auto", description="auto | cuda | cuda:N | cpu.")
-    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32.")
+    dtype: str = Field(
+        "auto",
+        description="auto (on GPU the checkpoint's own half dtype, bf16 for a float32 one; fp32 on CPU) | "
+        "bfloat16 | float16 | float32.",
+    )
     batch_size: int = Field(0, description="Images per generate call (0: from free GPU memory).")
     max_new_tokens: int = Field(
         512, description="Longest caption in tokens; captions that hit it are flagged."
