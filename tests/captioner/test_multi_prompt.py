@@ -206,3 +206,45 @@ def test_each_caption_column_is_reported_and_its_reasons_group_by_what_happened(
     lines = [line for line, _ in quality_lines("caption", q)]
     assert any(line.startswith("caption s: 5 samples") for line in lines), lines
     assert any("caption s:" in line and "5 prompt fallbacks" in line for line in lines), lines
+
+
+def test_nouns_command_refuses_a_column_the_caption_run_has_not_got(
+    tiny_llava_dir: str, images: Path, tmp_path: Path
+):
+    """``recaption nouns RUN OUT --column shrt`` fails at once naming the run's caption columns (was:
+    every shard failed with a missing-column error, then "invalid value for nouns output")."""
+    caps = tmp_path / "c"
+    run(
+        CaptionStage(
+            source=open_source(str(images)),
+            model=cfg(tiny_llava_dir, max_new_tokens=2),
+            prompt=["sam", f"short_caption={SHORT}"],
+        ),
+        caps,
+    )
+    args = ["nouns", str(caps), str(tmp_path / "n"), "--executor", "local"]
+    r = CliRunner().invoke(app, [*args, "--column", "shrt"])
+    assert r.exit_code != 0
+    assert "--column" in r.output and "'shrt'" in r.output
+    assert "raw_caption, dense_caption, short_caption" in r.output
+    assert not (tmp_path / "n" / "_stats").exists()  # refused before any shard
+    r = CliRunner().invoke(app, [*args, "--column", "short_caption"])
+    assert r.exit_code == 0, r.output
+
+
+def test_nouns_command_whose_shards_all_fail_says_why(
+    tiny_llava_dir: str, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Every shard failing ends with the shards' failure, not "invalid value for nouns output"."""
+    import recaption.nouns.stage as nouns_stage
+
+    caps = tmp_path / "c"
+    run(CaptionStage(source=open_source(str(images)), model=cfg(tiny_llava_dir, max_new_tokens=2)), caps)
+    # a column the run's record lists but its shards lack (a hand-edited or damaged run)
+    monkeypatch.setattr(nouns_stage, "_caption_run_columns", lambda url: ["raw_caption", "gone"])
+    r = CliRunner().invoke(
+        app, ["nouns", str(caps), str(tmp_path / "n"), "--column", "gone", "--executor", "local"]
+    )
+    assert r.exit_code == 1
+    assert "nouns output" not in r.output
+    assert "missing column(s) 'gone'" in r.output, r.output
