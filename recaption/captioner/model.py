@@ -22,6 +22,8 @@ What it guarantees:
 - **A broken worker is not bad data.** An accelerator fault (illegal memory access, device-side
   assert, ECC error, any "CUDA error") or ``max_failed_batches`` failed batches in a row raise
   :class:`~recaption.errors.WorkerFault`: the shard is not committed and is retried elsewhere.
+  Another generation error splits its batch like an out-of-memory error, so a sample that breaks
+  generate fails alone; only failed single-image batches count towards ``max_failed_batches``.
   :meth:`Captioner.load` captions a probe image, so a model or processor that cannot generate fails
   at load naming the cause, not as a shard of error rows.
 - **One prompt-length limit per worker** (:mod:`recaption.captioner.budget`): the worst case an
@@ -983,7 +985,8 @@ class Captioner:
     def _run_split(
         self, images: list[Image.Image], prompts: list[str], keys: list[str], prepared: Any = None
     ) -> list[CaptionResult]:
-        """Generate for a batch; on out-of-memory (or a preparation error) split it in halves and retry."""
+        """Generate for a batch; on out-of-memory, a preparation error or a generation error (not an
+        accelerator fault) split it in halves and retry, down to the single image that fails."""
         from recaption.captioner.sampling import row_seed
 
         if self._fault is not None:
@@ -1005,8 +1008,14 @@ class Captioner:
                 new_ids = self._generate_ids(inputs, seeds)
             except Exception as e:
                 if not is_oom(e):
-                    return self._failed_batch(e, prompts)
-                failure, split_reason = describe_error(e), "oom"
+                    if n == 1 or is_accelerator_fault(e):
+                        return self._failed_batch(e, prompts)
+                    # One sample can break generate for its whole batch: split to isolate it, so
+                    # its batch-mates get captions, not its error. A broken model still fails every
+                    # single-image batch, and those count towards max_failed_batches.
+                    failure, split_reason = describe_error(e), "error"
+                else:
+                    failure, split_reason = describe_error(e), "oom"
             else:
                 self.stats.generate_s += time.perf_counter() - t0
                 self.stats.batches += 1
