@@ -71,7 +71,7 @@ def make_inputs(
             )
             if stage == "caption":
                 # a column the run has not got fails here, not as every shard's failure
-                have = _caption_run_columns(url)
+                have = caption_run_columns(url)
                 for c in cols:
                     if c not in have:
                         raise ConfigError("--column", c, f"a caption column of {url}: {', '.join(have)}")
@@ -137,7 +137,7 @@ def make_inputs(
     return out
 
 
-def _caption_run_columns(url: str) -> list[str]:
+def caption_run_columns(url: str) -> list[str]:
     """The caption columns a caption run writes: ``raw_caption`` and one per ``--prompt COLUMN=``
     (``dense_caption`` for a run recorded before several prompts existed)."""
 

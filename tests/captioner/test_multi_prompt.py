@@ -134,6 +134,9 @@ def test_caption_command_with_two_prompts_then_nouns_on_both(
         app, [*args[:-2], "--set", "nouns.columns=[long_caption]", "--output", str(tmp_path / "x")]
     )
     assert r.exit_code != 0 and "nouns.columns" in r.output and "short_caption" in r.output
+    # the accepted values are the caption columns, not their metadata columns
+    assert "'raw_caption', 'dense_caption', 'short_caption'" in r.output
+    assert "short_caption_attempts" not in r.output, r.output
 
 
 def test_caption_command_repeats_prompt(tiny_llava_dir: str, images: Path, tmp_path: Path):
@@ -241,7 +244,7 @@ def test_nouns_command_whose_shards_all_fail_says_why(
     caps = tmp_path / "c"
     run(CaptionStage(source=open_source(str(images)), model=cfg(tiny_llava_dir, max_new_tokens=2)), caps)
     # a column the run's record lists but its shards lack (a hand-edited or damaged run)
-    monkeypatch.setattr(nouns_stage, "_caption_run_columns", lambda url: ["raw_caption", "gone"])
+    monkeypatch.setattr(nouns_stage, "caption_run_columns", lambda url: ["raw_caption", "gone"])
     r = CliRunner().invoke(
         app, ["nouns", str(caps), str(tmp_path / "n"), "--column", "gone", "--executor", "local"]
     )
