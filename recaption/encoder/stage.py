@@ -192,7 +192,14 @@ class EncodeStage(Stage):
             names = list(pq.ParquetFile(f).schema_arrow.names)
         for f_ in named:
             if f_ not in names:
-                columns = sorted(n for n in names if n.endswith("caption"))
+                from recaption.shards.inputs import caption_run_columns
+
+                # the caption columns (raw and one per prompt, whatever its name), not their metadata
+                columns = (
+                    caption_run_columns(self.captions)
+                    if io.exists(StageDir(self.captions).stage_file)
+                    else sorted(n for n in names if n.endswith("caption"))
+                )
                 raise ConfigError(
                     "--fields", f_, accepted, hint=f"the caption shards have: {', '.join(columns)}"
                 )

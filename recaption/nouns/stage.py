@@ -71,6 +71,8 @@ def make_inputs(
             )
             if stage == "caption":
                 # a column the run has not got fails here, not as every shard's failure
+                from recaption.shards.inputs import caption_run_columns
+
                 have = caption_run_columns(url)
                 for c in cols:
                     if c not in have:
@@ -135,15 +137,6 @@ def make_inputs(
             hint="no input is a table; the others take their captions from their own files",
         )
     return out
-
-
-def caption_run_columns(url: str) -> list[str]:
-    """The caption columns a caption run writes: ``raw_caption`` and one per ``--prompt COLUMN=``
-    (``dense_caption`` for a run recorded before several prompts existed)."""
-
-    fp = json.loads(io.read_text(StageDir(url).stage_file)).get("fingerprint") or {}
-    generated = [str(c["column"]) for c in fp.get("captions") or [] if c.get("column")]
-    return ["raw_caption", *(generated or ["dense_caption"])]
 
 
 def _is_table(url: str, shard_size: int | None) -> bool:

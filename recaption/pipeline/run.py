@@ -191,7 +191,7 @@ def _check_caption_columns(captions: str, columns: list[str], *, captioning: Any
         if captioning is not None:
             accepted = ["raw_caption", *(s.column for s in captioning.specs)]
         else:
-            from recaption.nouns.stage import caption_run_columns
+            from recaption.shards.inputs import caption_run_columns
 
             accepted = caption_run_columns(captions)
         raise ConfigError("nouns.columns", missing, accepted)

@@ -209,6 +209,13 @@ def test_each_caption_column_is_reported_and_its_reasons_group_by_what_happened(
     lines = [line for line, _ in quality_lines("caption", q)]
     assert any(line.startswith("caption s: 5 samples") for line in lines), lines
     assert any("caption s:" in line and "5 prompt fallbacks" in line for line in lines), lines
+    # a typo in encode --fields lists every caption column, also one not named *caption
+    from recaption.encoder.stage import EncodeStage
+
+    with pytest.raises(
+        ConfigError, match=r"--fields.*the caption shards have: raw_caption, dense_caption, s$"
+    ):
+        EncodeStage(captions=str(tmp_path / "c"), fields=("dense", "ss"))
 
 
 def test_nouns_command_refuses_a_column_the_caption_run_has_not_got(
@@ -239,12 +246,12 @@ def test_nouns_command_whose_shards_all_fail_says_why(
     tiny_llava_dir: str, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """Every shard failing ends with the shards' failure, not "invalid value for nouns output"."""
-    import recaption.nouns.stage as nouns_stage
+    import recaption.shards.inputs as shard_inputs
 
     caps = tmp_path / "c"
     run(CaptionStage(source=open_source(str(images)), model=cfg(tiny_llava_dir, max_new_tokens=2)), caps)
     # a column the run's record lists but its shards lack (a hand-edited or damaged run)
-    monkeypatch.setattr(nouns_stage, "caption_run_columns", lambda url: ["raw_caption", "gone"])
+    monkeypatch.setattr(shard_inputs, "caption_run_columns", lambda url: ["raw_caption", "gone"])
     r = CliRunner().invoke(
         app, ["nouns", str(caps), str(tmp_path / "n"), "--column", "gone", "--executor", "local"]
     )
