@@ -1085,8 +1085,8 @@ class Captioner:
             if i in long:
                 reason = (
                     f"prompt too long: more than this worker's limit of {self.max_prompt_tokens} tokens "
-                    f"(max_prompt_tokens; the static cache and batch size are sized from it): raise "
-                    f"max_prompt_text_tokens or max_prompt_tokens, or shorten the raw-caption hint"
+                    "(the static cache and batch size are sized from it): raise --max-prompt-text-tokens "
+                    "(caption.max_prompt_text_tokens), or shorten the raw-caption hint"
                 )
                 results.append(self._error_result(reason, p))
             else:

@@ -48,6 +48,12 @@ def caption_command(
         "--max-image-pixels",
         help="Shrink larger images to this many pixels before preprocessing.",
     ),
+    max_prompt_text_tokens: int = typer.Option(
+        192,
+        "--max-prompt-text-tokens",
+        help="Text tokens a prompt may take beside its image (the raw-caption hint included); "
+        "the prompt limit, cache and batch follow. Raise it for long non-Latin hints.",
+    ),
     retry_flagged: int = typer.Option(
         0,
         "--retry-flagged",
@@ -112,6 +118,7 @@ def caption_command(
             "top_p": top_p,
             "seed": seed,
             "max_image_pixels": max_image_pixels,
+            "max_prompt_text_tokens": max_prompt_text_tokens,
             "compile": compile_,
             "image_aspect": image_aspect,
             "stop_loops": stop_loops,

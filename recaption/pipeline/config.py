@@ -71,6 +71,12 @@ class CaptionConfig(_Strict):
     max_image_pixels: int | None = Field(
         1024 * 1024, description="Shrink larger images before preprocessing."
     )
+    max_prompt_text_tokens: int = Field(
+        192,
+        ge=1,
+        description="Text tokens a prompt may take beside its image (chat template, instruction, raw-caption "
+        "hint); the worker's prompt limit, static cache and batch follow. Raise it for long non-Latin hints.",
+    )
     compile: bool = Field(
         False, description="torch.compile generation on GPU (+8-10% measured, ~30 s warm-up)."
     )
