@@ -19,16 +19,22 @@ def stage_quality(stage: str, counters: Mapping[str, int], *, errors: int = 0) -
     ``max_new_tokens``; ``error``: no caption, the stage's errors), ``repetition`` (degenerate loops
     flagged), ``prompt_fallback`` (an empty raw caption made the prompt fall back), ``tokens``
     generated, ``retried``/``retry_fixed``/``retry_still_flagged`` (``--retry-flagged``); these
-    figures are ``dense_caption``'s, and ``columns`` holds the same per other caption column
+    figures are ``dense_caption``'s (or, where a run has none, those of the caption ``column`` it
+    names), and ``columns`` holds the same per other caption column
     (``--prompt COLUMN=...``; its ``error`` counts that column's failed captions).
     ``encode``: per caption field, ``t5_truncated`` and ``t5_empty``, of ``encoded``.
     """
     c = {k: int(v) for k, v in counters.items()}
     if stage == "caption":
-        out = _caption_quality(c, "", int(errors))
         # another caption column C (``--prompt C=...``) counts under ``C.<name>``: its own figures,
         # so a short caption cut at the token limit is not hidden behind the dense caption's
         extra = sorted({k.split(".", 1)[0] for k in c if "." in k})
+        has_dense = not extra or any(k in c for k in ("captioned", "failed", "generated_tokens"))
+        if has_dense:
+            out = _caption_quality(c, "", int(errors))
+        else:  # no dense_caption column (one --prompt COLUMN=...): the first column's figures
+            first, extra = extra[0], extra[1:]
+            out = {**_caption_quality(c, f"{first}.", int(errors)), "column": first}
         if extra:
             out["columns"] = {col: _caption_quality(c, f"{col}.", c.get(f"{col}.failed", 0)) for col in extra}
         return out
@@ -65,7 +71,8 @@ def quality_lines(stage: str, quality: Mapping[str, Any] | None) -> list[tuple[s
     out: list[tuple[str, bool]] = []
     if stage == "caption":
         columns = quality.get("columns") or {}
-        out += _caption_lines(f"{stage} dense_caption" if columns else stage, quality)
+        first = quality.get("column") or "dense_caption"
+        out += _caption_lines(f"{stage} {first}" if columns or quality.get("column") else stage, quality)
         for col, q in columns.items():
             out += _caption_lines(f"{stage} {col}", q)
     elif stage == "encode":

@@ -258,3 +258,23 @@ def test_nouns_command_whose_shards_all_fail_says_why(
     assert r.exit_code == 1
     assert "nouns output" not in r.output
     assert "missing column(s) 'gone'" in r.output, r.output
+
+
+def test_a_run_without_dense_caption_reports_its_own_column(
+    tiny_llava_dir: str, images: Path, tmp_path: Path
+):
+    """One ``--prompt x=...``: the summary describes column x (was: "0 captions finished, 0 cut"
+    for a dense_caption the run never wrote)."""
+    from recaption.quality import quality_lines
+
+    stage = CaptionStage(
+        source=open_source(str(images)), model=cfg(tiny_llava_dir, max_new_tokens=3), prompt="x=sam"
+    )
+    res = run_local(stage, str(tmp_path / "c"), progress=False)
+    df = pd.read_parquet(tmp_path / "c")
+    q = res.to_dict()["quality"]
+    assert q["column"] == "x" and "columns" not in q
+    assert q["finish_reasons"]["length"] == int((df["x_finish_reason"] == "length").sum())
+    assert sum(q["finish_reasons"].values()) == len(df) == 5
+    lines = [line for line, _ in quality_lines("caption", q)]
+    assert lines[0].startswith("caption x: 5 samples"), lines
