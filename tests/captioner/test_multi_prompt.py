@@ -278,3 +278,29 @@ def test_a_run_without_dense_caption_reports_its_own_column(
     assert sum(q["finish_reasons"].values()) == len(df) == 5
     lines = [line for line, _ in quality_lines("caption", q)]
     assert lines[0].startswith("caption x: 5 samples"), lines
+
+
+def test_report_of_a_run_whose_only_caption_column_is_not_dense(
+    tiny_llava_dir: str, images: Path, tmp_path: Path
+):
+    """``recaption run`` with ``caption.prompt: x=sam`` writes its HTML report, on column x (was:
+    "no HTML report: KeyError: 'error'", and ``recaption report`` a traceback)."""
+    out = tmp_path / "run"
+    args = ["run", "--source", str(images), "--output", str(out), "--model", tiny_llava_dir]
+    args += ["--executor", "local"]
+    for k, v in {
+        "caption.prompt": "x=sam",
+        "caption.max_new_tokens": 4,
+        "caption.device": "cpu",
+        "nouns.columns": "[raw_caption, x]",
+        "encode.enabled": "false",
+    }.items():
+        args += ["--set", f"{k}={v}"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    page = (out / "report" / "index.html").read_text()
+    assert "<th>x</th>" in page and "raw captions and x" in page
+    captions = pd.read_parquet(out / "captions")
+    assert any(str(c) in page for c in captions["x"] if c)  # the gallery shows column x's captions
+    r = CliRunner().invoke(app, ["report", str(out)])
+    assert r.exit_code == 0, r.output
