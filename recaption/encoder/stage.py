@@ -304,7 +304,7 @@ class EncodeStage(Stage):
 
         self.setup()
         cols = ["key", "image_uri", "image_member", "image_offset", "image_length", "width", "height"]
-        from recaption.encoder.flags import describe, drop_reasons, flag_columns
+        from recaption.encoder.flags import describe, drop_reasons, flag_columns, meta_column
 
         captions = [field_column(f) for f in self.fields] if self.text is not None else []
         # the generated captions whose flags --drop-flagged reads (raw captions have none; with raw
@@ -313,6 +313,15 @@ class EncodeStage(Stage):
         generated = [field_column(f) for f in self.fields if field_column(f) != "raw_caption"]
         generated = generated or ["dense_caption"]
         optional = ["error", "finish_reason"]
+        # another encoded caption column's error (dense_caption's is ``error``): its row has no
+        # caption to encode for that field, which must not become an empty caption's features
+        # (from the fields, as ``generated`` above: the VAE half of split workers fails the same rows)
+        errors = {
+            c: meta_column(c, "error")
+            for c in map(field_column, self.fields)
+            if c not in ("raw_caption", "dense_caption")
+        }
+        optional += [e for e in errors.values() if e not in optional]
         if self.drop_flagged:
             optional += [c for c in flag_columns(generated) if c not in optional]
         table = read_shard_table(shard, cols + captions, optional=optional)
@@ -328,6 +337,10 @@ class EncodeStage(Stage):
                 continue
             if r.get("error"):
                 out.fail(self._failure(r, f"no caption to encode: captioning failed ({r['error']})"))
+                continue
+            if failed := [(c, r[e]) for c, e in errors.items() if r.get(e)]:
+                why = "; ".join(f"{c} captioning failed ({err})" for c, err in failed)
+                out.fail(self._failure(r, f"no caption to encode: {why}"))
                 continue
             if self.image is not None:
                 w, h = r.get("width"), r.get("height")
