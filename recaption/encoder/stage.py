@@ -338,9 +338,9 @@ class EncodeStage(Stage):
             if r.get("error"):
                 out.fail(self._failure(r, f"no caption to encode: captioning failed ({r['error']})"))
                 continue
-            if failed := [(c, r[e]) for c, e in errors.items() if r.get(e)]:
-                why = "; ".join(f"{c} captioning failed ({err})" for c, err in failed)
-                out.fail(self._failure(r, f"no caption to encode: {why}"))
+            if column_errors := [(c, r[e]) for c, e in errors.items() if r.get(e)]:
+                what = "; ".join(f"{c} captioning failed ({err})" for c, err in column_errors)
+                out.fail(self._failure(r, f"no caption to encode: {what}"))
                 continue
             if self.image is not None:
                 w, h = r.get("width"), r.get("height")
