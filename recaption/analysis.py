@@ -93,6 +93,8 @@ class Run:
     labels: list[str] = field(default_factory=list)
     #: ``False`` when only the first shards were read (``load_run(..., shards=N)``)
     complete: bool = True
+    #: the generated caption column analysed as ``dense_caption`` (another where the run has none)
+    main_caption: str = "dense_caption"
     _stats: dict[str, NounStats] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -221,6 +223,7 @@ def load_run(out: str, *, shards: int | None = None) -> Run:
     captions = _read_parts(captions_url, shards)
     if captions.empty:
         raise SourceError(captions_url, "no finished caption shards yet", ["part-*.parquet"])
+    captions, main_caption = _with_main_caption(captions, captions_url)
     report = _read_json(io.join(url, "report", "nouns.json"))
     summary = _read_json(io.join(url, "summary.json"))
     cfg_url = io.join(url, "pipeline.yaml")
@@ -244,7 +247,42 @@ def load_run(out: str, *, shards: int | None = None) -> Run:
         config=config,
         labels=labels,
         complete=shards is None or shards >= total,
+        main_caption=main_caption,
     )
+
+
+# a caption column's metadata, under the plain names for dense_caption and ``C_<name>`` for column C
+_CAPTION_META = (
+    "prompt",
+    "prompt_name",
+    "prompt_fallback",
+    "num_tokens",
+    "finish_reason",
+    "repetition",
+    "repetition_score",
+    "error",
+    "attempts",
+    "retry_reason",
+)
+
+
+def _with_main_caption(captions: pd.DataFrame, captions_url: str) -> tuple[pd.DataFrame, str]:
+    """A run without ``dense_caption`` (its prompts all named other columns: ``--prompt x=sam``) is
+    analysed on its first caption column, under the plain names the analysis reads (``x`` as
+    ``dense_caption``, ``x_error`` as ``error``...); the run's own columns stay as they are."""
+    if "dense_caption" in captions.columns:
+        return captions, "dense_caption"
+    from recaption.shards.inputs import caption_run_columns
+
+    main = caption_run_columns(captions_url)[1]
+    if main not in captions.columns:
+        return captions, "dense_caption"
+    captions = captions.copy()
+    captions["dense_caption"] = captions[main]
+    for name in _CAPTION_META:
+        if f"{main}_{name}" in captions.columns and name not in captions.columns:
+            captions[name] = captions[f"{main}_{name}"]
+    return captions, main
 
 
 def _require_nouns(run: Run) -> None:

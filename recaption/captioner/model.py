@@ -22,6 +22,8 @@ What it guarantees:
 - **A broken worker is not bad data.** An accelerator fault (illegal memory access, device-side
   assert, ECC error, any "CUDA error") or ``max_failed_batches`` failed batches in a row raise
   :class:`~recaption.errors.WorkerFault`: the shard is not committed and is retried elsewhere.
+  Another generation error splits its batch like an out-of-memory error, so a sample that breaks
+  generate fails alone; only failed single-image batches count towards ``max_failed_batches``.
   :meth:`Captioner.load` captions a probe image, so a model or processor that cannot generate fails
   at load naming the cause, not as a shard of error rows.
 - **One prompt-length limit per worker** (:mod:`recaption.captioner.budget`): the worst case an
@@ -112,8 +114,9 @@ FINISH_REPETITION = "repetition"  # ended early in a long loop (LoopStopper), fl
 class CaptionerConfig:
     """Everything that decides which model runs and how it generates. Cheap and picklable.
 
-    ``dtype="auto"`` is bfloat16 on CUDA and float32 on CPU. ``batch_size=0`` picks a batch size
-    after loading, from free GPU memory and the KV cache a sequence needs (8 on CPU).
+    ``dtype="auto"`` is :func:`auto_dtype` (the checkpoint's half dtype on CUDA, float32 on CPU).
+    ``batch_size=0`` picks a batch size after loading, from free GPU memory and the KV cache a
+    sequence needs (8 on CPU).
     ``cache="auto"`` is ``"static"`` on CUDA (a preallocated KV cache: ``"dynamic"`` re-copies the
     whole cache at every token) and ``"dynamic"`` on CPU. ``compile`` adds ``torch.compile`` with
     CUDA graphs on top of the static cache; it costs ~30 s of compilation per process and pads a
@@ -125,7 +128,8 @@ class CaptionerConfig:
     ``image_aspect``: ``"pad"`` pads each image to a square with the processor's image mean first
     (LLaVA-1.5's own ``expand2square``); ``"crop"`` leaves it to the processor (LLaVA-1.5's llava-hf
     processor centre-crops, losing the sides); ``"auto"`` is ``"pad"`` for LLaVA-1.5 (model type
-    ``llava``) and the processor's own handling for every other family.
+    ``llava``) and the processor's own handling for every other family, whose processors keep the
+    whole image: resolved (and recorded per row) as ``"native"``, also when ``"crop"`` was asked.
     ``max_prompt_tokens`` (0: automatic) is the longest prompt this worker accepts, in tokens; the
     automatic value is the worst-case image tokens plus ``max_prompt_text_tokens``.
     ``gpu_share`` is this worker's fraction of its GPU (``gpus_per_worker`` < 1 shares a card).
@@ -617,7 +621,12 @@ class Captioner:
         if aspect == "auto":
             # LLaVA-1.5 was trained (and PixArt captioned) on images padded to a square; other
             # families have their own any-resolution handling.
-            aspect = "pad" if model_type == "llava" else "crop"
+            aspect = "pad" if model_type == "llava" else "native"
+        elif aspect == "crop" and model_type != "llava":
+            # only LLaVA-1.5's processor centre-crops; the others (LLaVA-NeXT's tiles and resized
+            # base image, Qwen2-VL's own resolution, Idefics3's tiles and global view) keep the
+            # whole image, so the row must not claim a crop that never happened
+            aspect = "native"
         self.image_aspect = aspect
         mean = getattr(image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
         if isinstance(mean, int | float):
@@ -976,7 +985,8 @@ class Captioner:
     def _run_split(
         self, images: list[Image.Image], prompts: list[str], keys: list[str], prepared: Any = None
     ) -> list[CaptionResult]:
-        """Generate for a batch; on out-of-memory (or a preparation error) split it in halves and retry."""
+        """Generate for a batch; on out-of-memory, a preparation error or a generation error (not an
+        accelerator fault) split it in halves and retry, down to the single image that fails."""
         from recaption.captioner.sampling import row_seed
 
         if self._fault is not None:
@@ -998,8 +1008,14 @@ class Captioner:
                 new_ids = self._generate_ids(inputs, seeds)
             except Exception as e:
                 if not is_oom(e):
-                    return self._failed_batch(e, prompts)
-                failure, split_reason = describe_error(e), "oom"
+                    if n == 1 or is_accelerator_fault(e):
+                        return self._failed_batch(e, prompts)
+                    # One sample can break generate for its whole batch: split to isolate it, so
+                    # its batch-mates get captions, not its error. A broken model still fails every
+                    # single-image batch, and those count towards max_failed_batches.
+                    failure, split_reason = describe_error(e), "error"
+                else:
+                    failure, split_reason = describe_error(e), "oom"
             else:
                 self.stats.generate_s += time.perf_counter() - t0
                 self.stats.batches += 1
@@ -1069,8 +1085,8 @@ class Captioner:
             if i in long:
                 reason = (
                     f"prompt too long: more than this worker's limit of {self.max_prompt_tokens} tokens "
-                    f"(max_prompt_tokens; the static cache and batch size are sized from it): raise "
-                    f"max_prompt_text_tokens or max_prompt_tokens, or shorten the raw-caption hint"
+                    "(the static cache and batch size are sized from it): raise --max-prompt-text-tokens "
+                    "(caption.max_prompt_text_tokens), or shorten the raw-caption hint"
                 )
                 results.append(self._error_result(reason, p))
             else:

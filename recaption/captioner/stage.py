@@ -78,7 +78,8 @@ def caption_schema(specs: list[CaptionSpec] | None = None) -> Any:
             *sample_fields(),
             pa.field("model_id", pa.string()),
             pa.field("model_revision", pa.string()),
-            pa.field("image_aspect", pa.string()),  # pad (to a square, LLaVA-1.5) | crop (the processor's)
+            # pad (to a square) | crop (LLaVA-1.5's processor) | native (other families: whole image)
+            pa.field("image_aspect", pa.string()),
             *schema_fields(specs),
         ]
     )
@@ -308,6 +309,14 @@ class CaptionStage(Stage):
         while failures:
             out.fail(failures.pop(0))
 
+    def _reason(self, spec: CaptionSpec, reason: str) -> str:
+        """A manifest reason about one caption column: the column named last, in parentheses.
+
+        Not as a ``column: `` prefix: summaries group reasons by the text before the first colon
+        (:func:`recaption.shards.manifest.reason_category`), which would make the column name the
+        group ("6 × short_caption") instead of what happened."""
+        return reason if len(self.specs) == 1 else f"{reason} (caption column {spec.column})"
+
     def _count(self, out: ShardOutput, spec: CaptionSpec, name: str, n: int = 1) -> None:
         # dense_caption's counters keep their names; another column's are prefixed with it
         out.count(name if spec.column == DEFAULT_COLUMN else f"{spec.column}.{name}", n)
@@ -327,13 +336,13 @@ class CaptionStage(Stage):
             out.fail_sample(s, errors[0])  # one manifest row when the image itself failed
         for spec, res, rendered in zip(self.specs, results, prompts, strict=True):
             if rendered.fallback:
-                out.warn_sample(
-                    s, rendered.reason if len(self.specs) == 1 else f"{spec.column}: {rendered.reason}"
-                )
+                out.warn_sample(s, self._reason(spec, rendered.reason))
                 self._count(out, spec, "prompt_fallback")
             ok = res.error is None
             if not ok and not (len(set(errors)) == 1 and len(errors) == len(results)):
-                out.fail_sample(s, f"{spec.column}: {res.error}" if len(self.specs) > 1 else str(res.error))
+                out.fail_sample(s, self._reason(spec, str(res.error)))
+            if not ok:
+                self._count(out, spec, "failed")  # per column: the stage's errors count images
             row[spec.meta("prompt")] = rendered.text
             row[spec.meta("prompt_name")] = spec.template.name if not rendered.fallback else "sam"
             row[spec.meta("prompt_fallback")] = rendered.fallback
@@ -390,7 +399,7 @@ class CaptionStage(Stage):
             still = []
             for p, res in zip(todo, results, strict=True):
                 if res.error is not None:  # keep the flagged caption rather than none
-                    out.warn_sample(p.sample, f"{p.spec.column}: retry {attempt} failed: {res.error}")
+                    out.warn_sample(p.sample, self._reason(p.spec, f"retry {attempt} failed: {res.error}"))
                     continue
                 self._fill(p.row, p.spec, res)
                 self._count(out, p.spec, "generated_tokens", res.num_tokens)

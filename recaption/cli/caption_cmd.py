@@ -26,7 +26,10 @@ def caption_command(
     ),
     device: str = typer.Option("auto", "--device", help="auto | cuda | cuda:N | cpu."),
     dtype: str = typer.Option(
-        "auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32."
+        "auto",
+        "--dtype",
+        help="auto (on GPU the checkpoint's own half dtype, bf16 for a float32 one; fp32 on CPU) | "
+        "bfloat16 | float16 | float32.",
     ),
     batch_size: int = typer.Option(
         0, "--batch-size", help="Images per generate call (0: from free GPU memory)."
@@ -45,6 +48,12 @@ def caption_command(
         "--max-image-pixels",
         help="Shrink larger images to this many pixels before preprocessing.",
     ),
+    max_prompt_text_tokens: int = typer.Option(
+        192,
+        "--max-prompt-text-tokens",
+        help="Text tokens a prompt may take beside its image (the raw-caption hint included); "
+        "the prompt limit, cache and batch follow. Raise it for long non-Latin hints.",
+    ),
     retry_flagged: int = typer.Option(
         0,
         "--retry-flagged",
@@ -58,7 +67,8 @@ def caption_command(
     image_aspect: str = typer.Option(
         "auto",
         "--image-aspect",
-        help="auto | pad (to a square with the image mean; LLaVA-1.5's default) | crop (the processor's).",
+        help="auto | pad (to a square with the image mean; LLaVA-1.5's default) | crop (LLaVA-1.5's "
+        "processor; other families keep the whole image).",
     ),
     stop_loops: bool = typer.Option(
         True, "--stop-loops/--no-stop-loops", help="End a caption whose tokens loop (not at max-new-tokens)."
@@ -108,6 +118,7 @@ def caption_command(
             "top_p": top_p,
             "seed": seed,
             "max_image_pixels": max_image_pixels,
+            "max_prompt_text_tokens": max_prompt_text_tokens,
             "compile": compile_,
             "image_aspect": image_aspect,
             "stop_loops": stop_loops,

@@ -91,6 +91,12 @@ def nouns_command(
     summary = run_stage(
         stage, output, executor=executor, ray=RayOptions(address=ray_address, num_workers=workers)
     )
+    if not summary.ok and not summary.done and not summary.skipped:
+        # no finished shard to report on: say why the shards failed, not that the output is empty
+        from recaption.cli.summary import print_summary
+
+        print_summary(summary)
+        raise typer.Exit(1)
     urls, report = merge_reports(output, threshold=section.threshold)
     if as_json:
         print_json(report)

@@ -192,7 +192,14 @@ class EncodeStage(Stage):
             names = list(pq.ParquetFile(f).schema_arrow.names)
         for f_ in named:
             if f_ not in names:
-                columns = sorted(n for n in names if n.endswith("caption"))
+                from recaption.shards.inputs import caption_run_columns
+
+                # the caption columns (raw and one per prompt, whatever its name), not their metadata
+                columns = (
+                    caption_run_columns(self.captions)
+                    if io.exists(StageDir(self.captions).stage_file)
+                    else sorted(n for n in names if n.endswith("caption"))
+                )
                 raise ConfigError(
                     "--fields", f_, accepted, hint=f"the caption shards have: {', '.join(columns)}"
                 )
@@ -297,12 +304,24 @@ class EncodeStage(Stage):
 
         self.setup()
         cols = ["key", "image_uri", "image_member", "image_offset", "image_length", "width", "height"]
-        from recaption.encoder.flags import describe, drop_reasons, flag_columns
+        from recaption.encoder.flags import describe, drop_reasons, flag_columns, meta_column
 
         captions = [field_column(f) for f in self.fields] if self.text is not None else []
-        # the generated captions whose flags --drop-flagged reads (raw captions have none)
-        generated = [c for c in captions if c != "raw_caption"] or ["dense_caption"]
+        # the generated captions whose flags --drop-flagged reads (raw captions have none; with raw
+        # alone, the dense caption's). From the fields, not from what this stage encodes: the VAE
+        # half of split workers (text=None) must drop exactly the rows the T5 half dropped.
+        generated = [field_column(f) for f in self.fields if field_column(f) != "raw_caption"]
+        generated = generated or ["dense_caption"]
         optional = ["error", "finish_reason"]
+        # another encoded caption column's error (dense_caption's is ``error``): its row has no
+        # caption to encode for that field, which must not become an empty caption's features
+        # (from the fields, as ``generated`` above: the VAE half of split workers fails the same rows)
+        errors = {
+            c: meta_column(c, "error")
+            for c in map(field_column, self.fields)
+            if c not in ("raw_caption", "dense_caption")
+        }
+        optional += [e for e in errors.values() if e not in optional]
         if self.drop_flagged:
             optional += [c for c in flag_columns(generated) if c not in optional]
         table = read_shard_table(shard, cols + captions, optional=optional)
@@ -318,6 +337,10 @@ class EncodeStage(Stage):
                 continue
             if r.get("error"):
                 out.fail(self._failure(r, f"no caption to encode: captioning failed ({r['error']})"))
+                continue
+            if column_errors := [(c, r[e]) for c, e in errors.items() if r.get(e)]:
+                what = "; ".join(f"{c} captioning failed ({err})" for c, err in column_errors)
+                out.fail(self._failure(r, f"no caption to encode: {what}"))
                 continue
             if self.image is not None:
                 w, h = r.get("width"), r.get("height")

@@ -106,7 +106,7 @@ def _check_size(w: int, h: int, max_pixels: int | None, min_side: int) -> None:
     if max_pixels is not None and w * h > max_pixels:
         raise DecodeError(
             f"image is {w}x{h} = {w * h / 1e6:.1f} MP, over the pixel cap of "
-            f"{max_pixels / 1e6:.1f} MP (max_pixels); refused before decoding"
+            f"{max_pixels / 1e6:.1f} MP (a guard against decompression bombs); refused before decoding"
         )
     if min(w, h) < min_side:
         raise DecodeError(f"image is too small: {w}x{h} (the shorter side must be at least {min_side} px)")

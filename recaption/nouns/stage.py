@@ -69,6 +69,14 @@ def make_inputs(
             cols = list(
                 columns or (["raw_caption", "dense_caption"] if stage == "caption" else ["raw_caption"])
             )
+            if stage == "caption":
+                # a column the run has not got fails here, not as every shard's failure
+                from recaption.shards.inputs import caption_run_columns
+
+                have = caption_run_columns(url)
+                for c in cols:
+                    if c not in have:
+                        raise ConfigError("--column", c, f"a caption column of {url}: {', '.join(have)}")
             inputs.append((url, cols, True))
         else:
             inputs.append((url, ["caption"], False))

@@ -106,6 +106,7 @@ def captioner_config(c: CaptionConfig) -> CaptionerConfig:
         top_p=c.top_p,
         seed=c.seed,
         max_image_pixels=c.max_image_pixels,
+        max_prompt_text_tokens=c.max_prompt_text_tokens,
         compile=c.compile,
         image_aspect=c.image_aspect,
         stop_loops=c.stop_loops,

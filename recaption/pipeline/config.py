@@ -52,7 +52,11 @@ class CaptionConfig(_Strict):
         "captions, sam otherwise. A list of COLUMN=PROMPT writes one caption column per prompt.",
     )
     device: str = Field("auto", description="auto | cuda | cuda:N | cpu.")
-    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32.")
+    dtype: str = Field(
+        "auto",
+        description="auto (on GPU the checkpoint's own half dtype, bf16 for a float32 one; fp32 on CPU) | "
+        "bfloat16 | float16 | float32.",
+    )
     batch_size: int = Field(0, description="Images per generate call (0: from free GPU memory).")
     max_new_tokens: int = Field(
         512, description="Longest caption in tokens; captions that hit it are flagged."
@@ -67,11 +71,19 @@ class CaptionConfig(_Strict):
     max_image_pixels: int | None = Field(
         1024 * 1024, description="Shrink larger images before preprocessing."
     )
+    max_prompt_text_tokens: int = Field(
+        192,
+        ge=1,
+        description="Text tokens a prompt may take beside its image (chat template, instruction, raw-caption "
+        "hint); the worker's prompt limit, static cache and batch follow. Raise it for long non-Latin hints.",
+    )
     compile: bool = Field(
         False, description="torch.compile generation on GPU (+8-10% measured, ~30 s warm-up)."
     )
     image_aspect: str = Field(
-        "auto", description="auto | pad (to a square, LLaVA-1.5's own) | crop (the processor's)."
+        "auto",
+        description="auto | pad (to a square, LLaVA-1.5's own) | crop (LLaVA-1.5's processor; "
+        "other families keep the whole image).",
     )
     stop_loops: bool = Field(True, description="End a caption whose tokens loop, not at max_new_tokens.")
     trust_remote_code: bool = Field(False, description="Allow the model repository's own code.")

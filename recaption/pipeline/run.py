@@ -187,9 +187,14 @@ def _check_caption_columns(captions: str, columns: list[str], *, captioning: Any
             available = list(pq.ParquetFile(f).schema_arrow.names)
     missing = [c for c in columns if c not in available]
     if missing:
-        raise ConfigError(
-            "nouns.columns", missing, sorted(c for c in available if "caption" in c) or available
-        )
+        # the caption columns (raw and one per prompt), not their metadata (short_caption_attempts...)
+        if captioning is not None:
+            accepted = ["raw_caption", *(s.column for s in captioning.specs)]
+        else:
+            from recaption.shards.inputs import caption_run_columns
+
+            accepted = caption_run_columns(captions)
+        raise ConfigError("nouns.columns", missing, accepted)
 
 
 def check_or_record_config(p: Plan) -> None:

@@ -401,10 +401,13 @@ def _gallery(run: Run, n: int, seed: int, size: int) -> str:
             f'<td class="caption raw">{esc(raw) if raw else "<span class=muted>(none)</span>"}</td>'
             f'<td class="caption dense">{esc(it.dense_caption)}</td></tr>'
         )
+    dense = run.main_caption == "dense_caption"  # else the run's own caption column
+    main = "dense caption" if dense else esc(run.main_caption)
+    heading = "raw and dense captions" if dense else f"raw captions and {main}"
     return (
-        f'<section id="gallery"><h2>Gallery: {len(items)} images, raw and dense captions</h2>'
+        f'<section id="gallery"><h2>Gallery: {len(items)} images, {heading}</h2>'
         '<table id="gallery-table" class="gallery"><thead><tr><th class="img">image</th><th>raw caption</th>'
-        f"<th>dense caption</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+        f"<th>{main}</th></tr></thead><tbody>{''.join(rows)}</tbody>"
         "<caption>Drawn at random among the samples with a dense caption; images reopened from "
         "their references in the source.</caption></table></section>"
     )

@@ -38,6 +38,16 @@ def upstream_stage(url: str) -> str:
     return str(json.loads(io.read_text(StageDir(url).stage_file)).get("stage", ""))
 
 
+def caption_run_columns(url: str) -> list[str]:
+    """The caption columns a caption run writes: ``raw_caption`` and one per ``--prompt COLUMN=``
+    (``dense_caption`` for a run recorded before several prompts existed)."""
+    import json
+
+    fp = json.loads(io.read_text(StageDir(url).stage_file)).get("fingerprint") or {}
+    generated = [str(c["column"]) for c in fp.get("captions") or [] if c.get("column")]
+    return ["raw_caption", *(generated or ["dense_caption"])]
+
+
 def read_shard_table(shard: InputShard, columns: Iterable[str], optional: Iterable[str] = ()) -> Any:
     """The named columns of an upstream shard; a missing required column fails naming what is there."""
     import pyarrow.parquet as pq

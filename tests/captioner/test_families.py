@@ -311,3 +311,16 @@ def test_a_qwen_bound_the_checkpoint_lacks_fails_naming_the_option(
     both = load(str(folder), image_options={"min_pixels": 16 * 784, "max_pixels": 64 * 784})
     size = both.processor.image_processor.size
     assert (size["shortest_edge"], size["longest_edge"]) == (16 * 784, 64 * 784)
+
+
+def test_image_aspect_recorded_is_what_the_family_does(tiny_families: dict[str, str]):
+    """Only LLaVA-1.5's processor centre-crops: the other families keep the whole image, and their
+    rows say ``native`` (was ``crop``: a Qwen2-VL row claimed a crop that never happened)."""
+    for name, path in tiny_families.items():
+        if name in ("t5", "vae"):
+            continue
+        for asked in ("auto", "crop"):
+            cap = load(path, image_aspect=asked)
+            want = {"auto": "pad", "crop": "crop"}[asked] if name == "llava" else "native"
+            assert cap.image_aspect == want, (name, asked)
+        assert load(path, image_aspect="pad").image_aspect == "pad"

@@ -684,3 +684,39 @@ def test_a_looping_row_ends_early_and_is_flagged(tiny_llava, generated_images, m
     else:
         assert (loop.finish_reason, loop.num_tokens) == (FINISH_LENGTH, 96)
         assert steps == [96]
+
+
+def test_a_sample_that_breaks_generate_fails_alone_not_its_batch(tiny_llava, generated_images):
+    """A generation error caused by one sample (not the worker) is isolated by splitting the batch:
+    its batch-mates are captioned (was: the whole batch became "generation failed" rows, and three
+    such batches in a row failed the shard, on every retry)."""
+    from recaption.captioner.sampling import row_seed
+
+    class _Poisoned(Captioner):
+        def _generate_ids(self, inputs, seeds, **kw):
+            if row_seed(self.config.seed, "bad") in seeds:
+                raise ValueError("Image features and image tokens do not match: tokens: 4, features 8")
+            return super()._generate_ids(inputs, seeds, **kw)
+
+    cfg = CaptionerConfig(model=tiny_llava, max_new_tokens=4, batch_size=4, max_failed_batches=2)
+    cap = _Poisoned(cfg).load()
+    keys = [["a", "b", "bad", "c"], ["d", "bad", "e", "f"], ["bad", "g", "h", "i"]]
+    for batch in keys:  # three batches in a row with a bad sample: the worker is not broken
+        out = cap.caption(generated_images[:4], [SAM_PROMPT] * 4, keys=batch)
+        assert [r.ok for r in out] == [k != "bad" for k in batch]
+        assert "do not match" in next(r.error for r, k in zip(out, batch, strict=True) if k == "bad")
+    # the captions are those of a clean run
+    clean = Captioner(cfg).load().caption(generated_images[:4], [SAM_PROMPT] * 4, keys=["a", "b", "x", "c"])
+    out = cap.caption(generated_images[:4], [SAM_PROMPT] * 4, keys=["a", "b", "bad", "c"])
+    assert [r.text for i, r in enumerate(out) if i != 2] == [r.text for i, r in enumerate(clean) if i != 2]
+
+
+def test_a_broken_model_still_fails_the_shard_when_batches_split(tiny_llava, generated_images):
+    from recaption.errors import WorkerFault
+
+    err = ValueError("Image features and image tokens do not match: tokens: 4, features 8")
+    cfg = CaptionerConfig(model=tiny_llava, max_new_tokens=4, batch_size=4, max_failed_batches=3)
+    cap = _Faulty(cfg, error=err, fail_on=range(100)).load()
+    with pytest.raises(WorkerFault, match="3 batches in a row failed"):
+        cap.caption(generated_images[:4], [SAM_PROMPT] * 4)
+    assert cap.calls == 6  # 4 -> 2 -> 1 (1st), 1 (2nd) -> 2 -> 1 (3rd): bounded, then the fault

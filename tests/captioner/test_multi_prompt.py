@@ -134,6 +134,9 @@ def test_caption_command_with_two_prompts_then_nouns_on_both(
         app, [*args[:-2], "--set", "nouns.columns=[long_caption]", "--output", str(tmp_path / "x")]
     )
     assert r.exit_code != 0 and "nouns.columns" in r.output and "short_caption" in r.output
+    # the accepted values are the caption columns, not their metadata columns
+    assert "'raw_caption', 'dense_caption', 'short_caption'" in r.output
+    assert "short_caption_attempts" not in r.output, r.output
 
 
 def test_caption_command_repeats_prompt(tiny_llava_dir: str, images: Path, tmp_path: Path):
@@ -177,3 +180,127 @@ def test_auto_prompt_with_raw_captions_is_laion(tiny_llava_dir: str, images: Pat
     (images / "img3.txt").write_text("a red car by the sea")
     stage = CaptionStage(source=open_source(str(images)), model=cfg(tiny_llava_dir), prompt="auto")
     assert stage.template.name == "laion"
+
+
+def test_each_caption_column_is_reported_and_its_reasons_group_by_what_happened(
+    tiny_llava_dir: str, images: Path, tmp_path: Path
+):
+    """Another column's fallbacks, length cuts and failures reach the summary under its name, and
+    its manifest reasons group by what happened, not by the column's name (was: "5 × s", and a
+    summary that only described dense_caption)."""
+    from recaption.quality import quality_lines
+
+    src = open_source(str(images), shard_size=3)
+    stage = CaptionStage(source=src, model=cfg(tiny_llava_dir, max_new_tokens=3), prompt=["sam", "s=laion"])
+    res = run_local(stage, str(tmp_path / "c"), progress=False)
+    assert res.ok
+    # no raw captions: the 'laion' column fell back on all 5 images
+    assert res.error_reasons("warning") == {"no raw caption under the prompt": 5}
+    failures = pd.read_parquet(tmp_path / "c" / "_failures")
+    assert all(r.endswith("(caption column s)") for r in failures["reason"])
+    q = res.to_dict()["quality"]
+    df = pd.read_parquet(tmp_path / "c")
+    assert q["prompt_fallback"] == 0 and q["columns"]["s"]["prompt_fallback"] == 5
+    assert q["columns"]["s"]["finish_reasons"] == {
+        "stop": int((df["s_finish_reason"] == "stop").sum()),
+        "length": int((df["s_finish_reason"] == "length").sum()),
+        "error": 0,
+    }
+    lines = [line for line, _ in quality_lines("caption", q)]
+    assert any(line.startswith("caption s: 5 samples") for line in lines), lines
+    assert any("caption s:" in line and "5 prompt fallbacks" in line for line in lines), lines
+    # a typo in encode --fields lists every caption column, also one not named *caption
+    from recaption.encoder.stage import EncodeStage
+
+    with pytest.raises(
+        ConfigError, match=r"--fields.*the caption shards have: raw_caption, dense_caption, s$"
+    ):
+        EncodeStage(captions=str(tmp_path / "c"), fields=("dense", "ss"))
+
+
+def test_nouns_command_refuses_a_column_the_caption_run_has_not_got(
+    tiny_llava_dir: str, images: Path, tmp_path: Path
+):
+    """``recaption nouns RUN OUT --column shrt`` fails at once naming the run's caption columns (was:
+    every shard failed with a missing-column error, then "invalid value for nouns output")."""
+    caps = tmp_path / "c"
+    run(
+        CaptionStage(
+            source=open_source(str(images)),
+            model=cfg(tiny_llava_dir, max_new_tokens=2),
+            prompt=["sam", f"short_caption={SHORT}"],
+        ),
+        caps,
+    )
+    args = ["nouns", str(caps), str(tmp_path / "n"), "--executor", "local"]
+    r = CliRunner().invoke(app, [*args, "--column", "shrt"])
+    assert r.exit_code != 0
+    assert "--column" in r.output and "'shrt'" in r.output
+    assert "raw_caption, dense_caption, short_caption" in r.output
+    assert not (tmp_path / "n" / "_stats").exists()  # refused before any shard
+    r = CliRunner().invoke(app, [*args, "--column", "short_caption"])
+    assert r.exit_code == 0, r.output
+
+
+def test_nouns_command_whose_shards_all_fail_says_why(
+    tiny_llava_dir: str, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Every shard failing ends with the shards' failure, not "invalid value for nouns output"."""
+    import recaption.shards.inputs as shard_inputs
+
+    caps = tmp_path / "c"
+    run(CaptionStage(source=open_source(str(images)), model=cfg(tiny_llava_dir, max_new_tokens=2)), caps)
+    # a column the run's record lists but its shards lack (a hand-edited or damaged run)
+    monkeypatch.setattr(shard_inputs, "caption_run_columns", lambda url: ["raw_caption", "gone"])
+    r = CliRunner().invoke(
+        app, ["nouns", str(caps), str(tmp_path / "n"), "--column", "gone", "--executor", "local"]
+    )
+    assert r.exit_code == 1
+    assert "nouns output" not in r.output
+    assert "missing column(s) 'gone'" in r.output, r.output
+
+
+def test_a_run_without_dense_caption_reports_its_own_column(
+    tiny_llava_dir: str, images: Path, tmp_path: Path
+):
+    """One ``--prompt x=...``: the summary describes column x (was: "0 captions finished, 0 cut"
+    for a dense_caption the run never wrote)."""
+    from recaption.quality import quality_lines
+
+    stage = CaptionStage(
+        source=open_source(str(images)), model=cfg(tiny_llava_dir, max_new_tokens=3), prompt="x=sam"
+    )
+    res = run_local(stage, str(tmp_path / "c"), progress=False)
+    df = pd.read_parquet(tmp_path / "c")
+    q = res.to_dict()["quality"]
+    assert q["column"] == "x" and "columns" not in q
+    assert q["finish_reasons"]["length"] == int((df["x_finish_reason"] == "length").sum())
+    assert sum(q["finish_reasons"].values()) == len(df) == 5
+    lines = [line for line, _ in quality_lines("caption", q)]
+    assert lines[0].startswith("caption x: 5 samples"), lines
+
+
+def test_report_of_a_run_whose_only_caption_column_is_not_dense(
+    tiny_llava_dir: str, images: Path, tmp_path: Path
+):
+    """``recaption run`` with ``caption.prompt: x=sam`` writes its HTML report, on column x (was:
+    "no HTML report: KeyError: 'error'", and ``recaption report`` a traceback)."""
+    out = tmp_path / "run"
+    args = ["run", "--source", str(images), "--output", str(out), "--model", tiny_llava_dir]
+    args += ["--executor", "local"]
+    for k, v in {
+        "caption.prompt": "x=sam",
+        "caption.max_new_tokens": 4,
+        "caption.device": "cpu",
+        "nouns.columns": "[raw_caption, x]",
+        "encode.enabled": "false",
+    }.items():
+        args += ["--set", f"{k}={v}"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    page = (out / "report" / "index.html").read_text()
+    assert "<th>x</th>" in page and "raw captions and x" in page
+    captions = pd.read_parquet(out / "captions")
+    assert any(str(c) in page for c in captions["x"] if c)  # the gallery shows column x's captions
+    r = CliRunner().invoke(app, ["report", str(out)])
+    assert r.exit_code == 0, r.output

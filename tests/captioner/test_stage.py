@@ -304,3 +304,33 @@ def test_ray_missing_model_fails_at_once(local_ray, sam_tars: Path, tmp_path: Pa
     stage = CaptionStage(source=open_source(str(sam_tars)), model=cfg(str(tmp_path / "nope")))
     with pytest.raises(ConfigError, match="nope"):
         run_ray(stage, str(tmp_path / "o"), RayOptions(num_workers=2), progress=False)
+
+
+def test_a_long_non_latin_hint_names_the_setting_that_lets_it_through(tiny_llava_dir: str, tmp_path: Path):
+    """A 300-character CJK raw caption can exceed the worker's prompt limit: the row's reason names
+    a setting the user can change, and ``--max-prompt-text-tokens`` (``caption.max_prompt_text_tokens``)
+    lets it through (was: the reason named max_prompt_text_tokens, which no flag or setting took)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from recaption.cli import app
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    Image.new("RGB", (64, 48), (10, 100, 200)).save(src / "tokyo.png")
+    (src / "tokyo.txt").write_text("東京の夜景 " * 100, encoding="utf-8")
+    Image.new("RGB", (48, 64), (200, 100, 10)).save(src / "cat.png")
+    (src / "cat.txt").write_text("a cat on a mat")
+    base = ["caption", str(src), "--model", tiny_llava_dir, "--max-new-tokens", "3", "--device", "cpu"]
+    base += ["--executor", "local", "--prompt", "laion"]
+    r = CliRunner().invoke(app, [*base[:2], str(tmp_path / "a"), *base[2:]])
+    assert r.exit_code == 0, r.output
+    df = pd.read_parquet(tmp_path / "a").set_index("key")
+    assert pd.isna(df.loc["cat", "error"])
+    reason = df.loc["tokyo", "error"]
+    assert reason.startswith("prompt too long") and "--max-prompt-text-tokens" in reason, reason
+    r = CliRunner().invoke(
+        app, [*base[:2], str(tmp_path / "b"), *base[2:], "--max-prompt-text-tokens", "2000"]
+    )
+    assert r.exit_code == 0, r.output
+    assert pd.read_parquet(tmp_path / "b")["error"].isna().all()

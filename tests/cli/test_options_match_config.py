@@ -86,3 +86,19 @@ def test_a_bad_flag_value_names_the_flag(tmp_path):
     assert r.exit_code != 0
     r = CliRunner().invoke(app, ["encode", str(tmp_path), str(tmp_path / "o"), "--store-dtype", "int8"])
     assert r.exit_code != 0 and "--store-dtype" in r.output
+
+
+def test_dtype_auto_is_described_as_it_behaves():
+    """``--dtype auto`` keeps a float16 checkpoint in float16 on a GPU (``auto_dtype``); the flag's
+    help and the pipeline setting said "bf16 on GPU"."""
+    from recaption.captioner.model import auto_dtype
+
+    assert auto_dtype("float16", "cuda", True) == "float16"
+    assert auto_dtype("float32", "cuda", True) == "bfloat16"
+    flag = next(
+        p
+        for p in typer.main.get_command(app).commands["caption"].params
+        if p.name == "dtype"  # type: ignore[attr-defined]
+    )
+    for text in (flag.help or "", CaptionConfig.model_fields["dtype"].description or ""):
+        assert "bf16 on GPU" not in text and "checkpoint's own half dtype" in text, text

@@ -112,6 +112,9 @@ def test_quality_of_counters():
         "repetition": 1,
         "prompt_fallback": 0,
         "tokens": 0,
+        "retried": 0,
+        "retry_fixed": 0,
+        "retry_still_flagged": 0,
     }
     lines = quality_lines("caption", q)
     assert lines[0] == (

@@ -193,3 +193,87 @@ def test_a_second_caption_column_becomes_sigmas_alternative_caption(
         assert it["prompt"] == feats.loc[key, "t5_dense_text"]
         assert it["sharegpt4v"] == feats.loc[key, "t5_short_caption_text"]
     assert [it["sharegpt4v"] for it in items] != [it["prompt"] for it in items]
+
+
+def test_split_workers_vae_half_drops_the_rows_the_t5_half_dropped(
+    flagged_captions: Path, tiny_t5_dir: str, tiny_vae_model_dir: str, tmp_path: Path
+):
+    """``encode.split_workers``: the VAE-only stage reads the same caption columns' flags as the T5
+    stage. Was: it read dense_caption's alone, so a row dropped for its short caption's length came
+    out as an error "no T5 features for this key", and the summary counted one drop fewer."""
+    text, image = encode_configs(
+        "alpha",
+        t5_model=tiny_t5_dir,
+        vae_model=tiny_vae_model_dir,
+        resolutions=(256,),
+        device="cpu",
+        t5_hidden_size=32,
+    )
+    kw = {"fields": ("dense", "short_caption"), "drop_flagged": ("length",)}
+    t_out, out = tmp_path / "text", tmp_path / "features"
+    assert run_local(EncodeStage(captions=str(flagged_captions), text=text, image=None, **kw), str(t_out)).ok
+    res = run_local(
+        EncodeStage(captions=str(flagged_captions), text=None, image=image, text_from=str(t_out), **kw),
+        str(out),
+        progress=False,
+    )
+    assert res.error_reasons() == {"dropped by --drop-flagged length": 3}
+    failures = read_failures(str(out)).set_index("key")
+    assert "short_caption hit the token limit" in failures.loc["000000004", "reason"]
+    assert sorted(pd.read_parquet(out).key) == ["000000000", "000000002", "000000003"]
+
+
+def test_a_failed_second_caption_is_not_encoded_as_an_empty_one(
+    flagged_captions: Path, tiny_t5_dir: str, tiny_vae_model_dir: str, tmp_path: Path
+):
+    """A row whose short_caption failed (its image and dense caption fine) fails in encode, with
+    the caption's error (was: encoded as an empty caption with a warning "short_caption caption is
+    empty", i.e. trained on "" as its short caption)."""
+    import shutil
+
+    caps = tmp_path / "captions"
+    shutil.copytree(flagged_captions, caps)
+    path = caps / "part-00000.parquet"
+    table = pq.read_table(path)
+    keys = table.column("key").to_pylist()
+    bad = "000000000"
+    for name, value in (("short_caption", None), ("short_caption_error", "generation failed: boom")):
+        col = pa.array(
+            [value if k == bad else v for k, v in zip(keys, table.column(name).to_pylist(), strict=True)]
+        )
+        table = table.set_column(table.schema.get_field_index(name), name, col.cast(pa.string()))
+    table = table.set_column(
+        table.schema.get_field_index("short_caption_finish_reason"),
+        "short_caption_finish_reason",
+        pa.array(["error" if k == bad else "stop" for k in keys]),
+    )
+    pq.write_table(table, path)
+    out = tmp_path / "features"
+    res = run_local(stage(caps, tiny_t5_dir, tiny_vae_model_dir, fields=("dense", "short_caption")), str(out))
+    assert bad not in set(pd.read_parquet(out).key)
+    failures = read_failures(str(out)).set_index("key")
+    assert failures.loc[bad, "severity"] == "error"
+    assert "short_caption captioning failed (generation failed: boom)" in failures.loc[bad, "reason"]
+    assert res.to_dict()["warning_reasons"].get("short_caption caption is empty") is None
+    # split workers: the VAE half fails the same row with the same reason (not "no T5 features")
+    text, image = encode_configs(
+        "alpha",
+        t5_model=tiny_t5_dir,
+        vae_model=tiny_vae_model_dir,
+        resolutions=(256,),
+        device="cpu",
+        t5_hidden_size=32,
+    )
+    kw = {"fields": ("dense", "short_caption")}
+    t_out, v_out = tmp_path / "t", tmp_path / "v"
+    assert run_local(
+        EncodeStage(captions=str(caps), text=text, image=None, **kw), str(t_out), progress=False
+    ).ok
+    run_local(
+        EncodeStage(captions=str(caps), text=None, image=image, text_from=str(t_out), **kw),
+        str(v_out),
+        progress=False,
+    )
+    v_fail = read_failures(str(v_out)).set_index("key")
+    assert list(v_fail.index) == [bad]
+    assert "short_caption captioning failed" in v_fail.loc[bad, "reason"]

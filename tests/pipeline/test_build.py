@@ -29,6 +29,7 @@ CAPTION_VALUES: dict[str, Any] = {
     "top_p": 0.9,
     "seed": 7,
     "max_image_pixels": 512 * 512,
+    "max_prompt_text_tokens": 400,
     "compile": True,
     "image_aspect": "crop",
     "stop_loops": False,
