@@ -94,7 +94,7 @@ def prepare_output(stage: Stage, output: str, shards: list[InputShard]) -> Stage
         io.write_text_atomic(
             sd.stage_file, json.dumps({**record, "recaption_version": __version__}, indent=1, sort_keys=True)
         )
-    write_dataset_card(output)
+    write_dataset_card(output, stage.name)
     sweep_leftovers(sd)
     redo_changed_inputs(sd, shards)
     return sd
@@ -178,22 +178,52 @@ def unmark(sd: StageDir, index: int) -> None:
 HF_CONFIG_FILE = ".huggingface.yaml"
 DATASET_CONFIG = """\
 # Written by recaption for Hugging Face `datasets`: the rows are the data shards only; the `_`
-# folders (failure manifests, stats, side outputs) are the run's bookkeeping.
+# folders (failure manifests, stats, side outputs) are the run's bookkeeping. The description
+# names the finished shards' state: `datasets` caches a folder under its name and a hash of this
+# configuration, so without it every `captions/` folder would share one cache entry, and a
+# resumed run's new shards would never be read.
 configs:
 - config_name: default
+  description: "recaption {stage} shards, state {state}"
   data_files:
   - split: train
     path: "part-*.parquet"
 """
 
 
-def write_dataset_card(output: str) -> None:
+def shards_state(output: str) -> str:
+    """A digest of what marks ``output``'s shards finished (the stats files: names, sizes, times
+    or ETags) and of its stage record: it changes whenever a shard is committed or redone, and
+    differs between two runs' folders. One listing, no file read."""
+    h = hashlib.sha256()
+    for folder in (output, io.join(output, "_stats")):
+        try:
+            fs, path = io.fs_path(folder)
+            if not io.renames_atomically(fs):
+                fs.invalidate_cache(path)
+            entries = fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError, OSError):
+            continue
+        for e in sorted(entries, key=lambda e: str(e.get("name"))):
+            name = io.basename(str(e.get("name")))
+            if folder == output and name != "_stage.json":
+                continue
+            if io.is_tmp(name):
+                continue
+            fields = [name, e.get("size")] + [e.get(k) for k in ("mtime", "ino", "ETag", "LastModified")]
+            h.update(repr(fields).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def write_dataset_card(output: str, stage: str) -> None:
     """``.huggingface.yaml`` naming the data files, so ``datasets.load_dataset(output)`` reads
     ``part-*.parquet`` and not the failure manifests. Hidden, unlike a ``README.md`` card, so that
-    ``pandas.read_parquet(output)`` (which skips ``.``/``_`` names only) still reads the folder."""
-    url = io.join(output, HF_CONFIG_FILE)
-    if not io.exists(url):
-        io.write_text_atomic(url, DATASET_CONFIG)
+    ``pandas.read_parquet(output)`` (which skips ``.``/``_`` names only) still reads the folder.
+    Rewritten whenever a shard is committed: its description carries :func:`shards_state`, which
+    keys ``datasets``' cache to this folder's current shards."""
+    io.write_text_atomic(
+        io.join(output, HF_CONFIG_FILE), DATASET_CONFIG.format(stage=stage, state=shards_state(output))
+    )
 
 
 def run_shard(
@@ -234,7 +264,7 @@ def run_shard(
         # Before reading: a file replaced while being read then differs on the next run.
         out.input_identity = shard_identity(shard)
         stats = stage.process_shard(shard, out) or {}
-        return out.commit({**stats, **(extra or {})})
+        done = out.commit({**stats, **(extra or {})})
     except BaseException as e:
         lost = None
         if lease is not None and isinstance(e, Exception) and not isinstance(e, LeaseLostError):
@@ -245,6 +275,11 @@ def run_shard(
         if lost is not None:
             raise LeaseLostError(f"{lost}. Shard {shard.index} was dropped ({type(e).__name__}: {e})") from e
         raise
+    try:  # after the commit, outside it: the shard is done whatever happens to this file
+        write_dataset_card(output, stage.name)  # datasets' cache key follows the finished shards
+    except OSError as e:
+        log.warning("%s: could not update %s: %s", output, HF_CONFIG_FILE, e)
+    return done
 
 
 @dataclass
