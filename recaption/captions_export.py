@@ -7,10 +7,12 @@
 
 Images are copied as they are (their original bytes, reopened from each row's reference: a file, a
 tar member, a parquet cell), unless ``images="none"`` (captions only, for images that are already
-in place under the same names). Names come from the image's own file or member name; where two
-images would get one name (``a/1.jpg`` and ``b/1.jpg``, ``x.jpg`` and ``x.png``, the same member
-name in two tars) the later one, in shard order, gets ``-1``, ``-2``... so an export is the same
-on every rerun. Rows without the chosen caption (captioning failed) are skipped and counted.
+in place under the same names). Each image keeps its own file name (spaces, any script, the
+extension's case) and its folders below the source root (``10_dog/a photo.JPG``: kohya's repeat
+folders), so a caption lands beside its image; a tar member keeps its member name. Where two images
+would still get one name (the same member name in two tars, ``x.jpg`` and ``x.png`` members) the
+later one, in shard order, gets ``-1``, ``-2``... so an export is the same on every rerun. Rows
+without the chosen caption (captioning failed) are skipped and counted.
 Existing files are never overwritten unless asked: a source folder's own ``.txt`` raw captions
 are not lost to a mistyped DEST. The export holds DEST's lease (:mod:`recaption.shards.lease`) as a
 run holds its output: a second export, or a run, into the same folder is refused at once.
@@ -73,34 +75,54 @@ def caption_folder(run: str) -> str:
     )
 
 
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _safe(name: str) -> str:
-    """A file name from any key or member name (no folders, no odd characters)."""
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = re.sub(r"[^\w.\-+=@,]", "_", name).strip("._") or "image"
+    """One path component from a file or member name, kept as it is (spaces, any script, the case)
+    except what cannot be a file name: control characters, and a leading dot (a hidden file no
+    training tool lists)."""
+    name = _UNSAFE.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(".").strip() or "image"
     return name[:200]
 
 
-def _split(name: str) -> tuple[str, str]:
+def _folders(row: dict[str, Any], stem: str) -> str:
+    """The image's folder below the source root, ``""`` for none: the key's folders, where the key
+    is the image's path without extension (a folder source's ``sub/dir/name``)."""
+    key = str(row.get("key") or "")
+    if "/" not in key or key.rsplit("/", 1)[1] != stem:
+        return ""
+    parts = [p for p in key.rsplit("/", 1)[0].split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        return ""
+    return "/".join(_safe(p) for p in parts) + "/" if parts else ""
+
+
+def _split(name: str, *, any_ext: bool = False) -> tuple[str, str]:
+    """``(stem, extension)``, the extension as the file has it (``.JPG`` stays ``.JPG``: the name
+    must stay the image's own, for ``--images none`` beside the originals); ``any_ext``: any
+    extension (a file the reader took as an image), else only the usual image ones."""
     dot = name.rfind(".")
-    if dot > 0 and name[dot:].lower() in _IMAGE_EXTS:
-        return name[:dot], name[dot:].lower()
+    if dot > 0 and (any_ext or name[dot:].lower() in _IMAGE_EXTS) and "/" not in name[dot:]:
+        return name[:dot], name[dot:]
     return name, ""
 
 
 def image_name(row: dict[str, Any]) -> tuple[str, str]:
-    """``(stem, extension)`` for a caption row: the image's own file or member name where it has
-    one (extension ``""`` when unknown), else its key."""
+    """``(path, extension)`` for a caption row: the image's own file name, below the folders it has
+    under the source root (``sub dir/ünï/café``, ``.png``), or its member name (extension ``""``
+    when unknown), else its key."""
     member = row.get("image_member") or ""
     uri = row.get("image_uri") or ""
     if member and not member.startswith("row:"):
         stem, ext = _split(io.basename(member))
-    elif not member and uri:
-        stem, ext = _split(io.basename(uri))
-        if not ext:  # not an image file (a parquet of image bytes, say): name it by the key
-            stem = str(row.get("key") or stem)
-    else:
-        stem, ext = str(row.get("key") or "image"), ""
-    return _safe(stem), ext
+        return _safe(stem), ext
+    if not member and uri:
+        raw_stem, ext = _split(io.basename(uri), any_ext=True)
+        if ext:
+            return _folders(row, raw_stem) + _safe(raw_stem), ext
+        # not an image file (a parquet of image bytes, say): name it by the key
+    return _safe(str(row.get("key") or "image")), ""
 
 
 def _sniff(data: bytes) -> str:
