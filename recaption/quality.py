@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def stage_quality(stage: str, counters: Mapping[str, int], *, errors: int = 0) -> dict[str, Any] | None:
+def stage_quality(stage: str, counters: Mapping[str, int]) -> dict[str, Any] | None:
     """The quality figures of one stage's summed counters, or ``None`` for a stage without any.
 
     ``caption``: ``finish_reasons`` (``stop``: the model ended the caption; ``length``: cut at
-    ``max_new_tokens``; ``error``: no caption, the stage's errors), ``repetition`` (degenerate loops
+    ``max_new_tokens``; ``error``: a caption row without a caption: the rows' own finish reasons, as the
+    shards and the report count them; a file the reader dropped before captioning, a duplicate
+    name say, has no row and stays in the stage's ``errors`` alone), ``repetition`` (degenerate loops
     flagged), ``prompt_fallback`` (an empty raw caption made the prompt fall back), ``tokens``
     generated, ``retried``/``retry_fixed``/``retry_still_flagged`` (``--retry-flagged``); these
     figures are ``dense_caption``'s (or, where a run has none, those of the caption ``column`` it
@@ -31,12 +33,12 @@ def stage_quality(stage: str, counters: Mapping[str, int], *, errors: int = 0) -
         extra = sorted({k.split(".", 1)[0] for k in c if "." in k})
         has_dense = not extra or any(k in c for k in ("captioned", "failed", "generated_tokens"))
         if has_dense:
-            out = _caption_quality(c, "", int(errors))
+            out = _caption_quality(c, "")
         else:  # no dense_caption column (one --prompt COLUMN=...): the first column's figures
             first, extra = extra[0], extra[1:]
-            out = {**_caption_quality(c, f"{first}.", int(errors)), "column": first}
+            out = {**_caption_quality(c, f"{first}."), "column": first}
         if extra:
-            out["columns"] = {col: _caption_quality(c, f"{col}.", c.get(f"{col}.failed", 0)) for col in extra}
+            out["columns"] = {col: _caption_quality(c, f"{col}.") for col in extra}
         return out
     if stage == "encode" and any(k.startswith(("truncated_", "empty_")) or k == "encoded" for k in c):
         fields = sorted({k.split("_", 1)[1] for k in c if k.startswith(("truncated_", "empty_"))})
@@ -49,11 +51,12 @@ def stage_quality(stage: str, counters: Mapping[str, int], *, errors: int = 0) -
     return None
 
 
-def _caption_quality(c: Mapping[str, int], prefix: str, errors: int) -> dict[str, Any]:
+def _caption_quality(c: Mapping[str, int], prefix: str) -> dict[str, Any]:
     captioned = c.get(f"{prefix}captioned", 0)
     length = c.get(f"{prefix}length_limited", 0)
+    failed = c.get(f"{prefix}failed", 0)  # rows whose caption failed (not files never read)
     return {
-        "finish_reasons": {"stop": max(0, captioned - length), "length": length, "error": int(errors)},
+        "finish_reasons": {"stop": max(0, captioned - length), "length": length, "error": failed},
         "repetition": c.get(f"{prefix}repetitive", 0),
         "prompt_fallback": c.get(f"{prefix}prompt_fallback", 0),
         "tokens": c.get(f"{prefix}generated_tokens", 0),

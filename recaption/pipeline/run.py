@@ -368,7 +368,7 @@ def _run_pipeline(cfg: PipelineConfig, p: Plan, progress: bool | None) -> Pipeli
                 for k, v in (st.get("counters") or {}).items():
                     counters[k] = counters.get(k, 0) + int(v)
             t = summary["totals"][name]
-            t["quality"] = stage_quality(ps.stage.name, counters, errors=int(t["errors"]))
+            t["quality"] = stage_quality(ps.stage.name, counters)
     result.totals = summary["totals"]
     from recaption.report import REPORT_FILE, write_report
 

@@ -349,7 +349,7 @@ class RunSummary:
             "warning_reasons": self.error_reasons("warning"),
             "counters": self.counters,
             # finish reasons, repetition, prompt fallbacks, T5 truncation (None: not a caption stage)
-            "quality": stage_quality(self.stage, self.counters, errors=self.errors),
+            "quality": stage_quality(self.stage, self.counters),
             "seconds": round(self.seconds, 3),
             "rows_per_second": round(rate, 3),
         }

@@ -106,7 +106,7 @@ def test_nouns_command_table_unwrapped(tmp_path: Path):
 
 
 def test_quality_of_counters():
-    q = stage_quality("caption", {"captioned": 10, "length_limited": 4, "repetitive": 1}, errors=2)
+    q = stage_quality("caption", {"captioned": 10, "length_limited": 4, "repetitive": 1, "failed": 2})
     assert q == {
         "finish_reasons": {"stop": 6, "length": 4, "error": 2},
         "repetition": 1,
@@ -126,3 +126,36 @@ def test_quality_of_counters():
     assert e is not None and e["t5_truncated"] == {"dense": 3}
     assert quality_lines("encode", e) == [("encode: T5 truncated 3 dense caption(s) of 8 encoded rows", True)]
     assert stage_quality("nouns", {"captions_raw": 4}) is None
+
+
+def test_a_file_the_reader_drops_is_no_caption_error(tmp_path: Path, tiny_llava_dir: str):
+    """``finish_reasons`` are the caption rows' (as the report and the shards count them): ``x.png``
+    beside ``x.jpg`` is dropped by the reader (a duplicate key, a manifest error) before captioning,
+    yet summary.json counted it ``error`` (7 samples, 1 without a caption, against 6 rows and 0 in
+    the report). It stays in the stage's errors and error reasons."""
+    import yaml
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, fmt in (("x.jpg", "JPEG"), ("x.png", "PNG"), ("y.jpg", "JPEG")):
+        Image.new("RGB", (40, 32), (200, 30, 30)).save(src / name, format=fmt)
+    cfg = {
+        "source": {"path": str(src)},
+        "output": str(tmp_path / "run"),
+        "executor": "local",
+        "caption": {"model": tiny_llava_dir, "device": "cpu", "max_new_tokens": 4},
+        "nouns": {"enabled": False},
+        "encode": {"enabled": False},
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(app, ["run", str(tmp_path / "p.yaml")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    shards = pd.read_parquet(tmp_path / "run" / "captions")
+    assert len(shards) == 2
+    for q in (summary["stages"]["caption"], summary["totals"]["caption"]):
+        assert q["errors"] == 1 and "duplicate key" in q["error_reasons"]
+        assert sum(q["quality"]["finish_reasons"].values()) == len(shards)
+        assert q["quality"]["finish_reasons"]["error"] == int(shards["error"].notna().sum()) == 0
+    assert "2 samples: " in r.stderr and "without a caption (error)" in r.stderr
