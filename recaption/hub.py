@@ -9,13 +9,41 @@ cache, ``HF_HUB_OFFLINE=1``). It is used for the captioner, T5 and the VAE alike
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 from recaption.errors import ConfigError, ModelUnavailableError
 
 _TRUE = {"1", "true", "yes", "on"}
 # One quick question to the hub; a working connection answers in well under this.
 LOOKUP_TIMEOUT_S = 5.0
+
+
+def quiet_progress_bars(stream: Any = None) -> bool:
+    """Outside a terminal (a log file, ``ray job logs``, a Ray worker), turn Hugging Face's tqdm
+    bars off: transformers' "Loading weights" and the hub's downloads write ``\\r``-separated updates
+    that a log shows as one long line per load. The progress that matters there is recaption's own
+    log lines. A terminal keeps them, and so does an explicit ``HF_HUB_DISABLE_PROGRESS_BARS``.
+    Returns whether they were turned off."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or stand-in stream
+        tty = False
+    if tty or "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ:
+        return False
+    # read by huggingface_hub (and through it transformers) at import, and by child processes
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return True
 
 
 def hub_offline() -> bool:

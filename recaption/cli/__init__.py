@@ -19,6 +19,9 @@ from recaption.cli.app import app
 
 
 def main() -> None:
+    from recaption.hub import quiet_progress_bars
+
+    quiet_progress_bars()  # before anything imports huggingface_hub: no tqdm bars in logs
     app()
 
 

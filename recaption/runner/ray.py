@@ -49,6 +49,9 @@ class StageWorker:
     def setup(self) -> dict[str, Any]:
         import socket
 
+        from recaption.hub import quiet_progress_bars
+
+        quiet_progress_bars()  # a worker's output goes to log files (and the driver's console)
         self.stage.setup()
         return {"host": socket.gethostname(), "pid": os.getpid()}
 
