@@ -266,7 +266,13 @@ def _explain(e: ValidationError) -> ConfigError:
         return ConfigError(key, err.get("input"), accepted, hint=hint)
     if err.get("type") == "missing":
         return ConfigError(key, None, "a value", hint=f"{key!r} is required")
-    return ConfigError(key, err.get("input"), err.get("msg", "a valid value"))
+    # pydantic says "Input should be 'auto', 'ray' or 'local'"; after "accepted:" the part it
+    # names is what reads right ("accepted: 'auto', 'ray' or 'local'")
+    msg = str(err.get("msg") or "a valid value")
+    for lead in ("Input should be ", "Value error, "):
+        if msg.startswith(lead):
+            msg = msg[len(lead) :]
+    return ConfigError(key, err.get("input"), msg)
 
 
 def load_config(data: dict[str, Any]) -> PipelineConfig:

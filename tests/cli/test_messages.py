@@ -45,3 +45,19 @@ def test_help_config_is_yaml_with_the_defaults():
         for key, value in parsed[section].items():
             assert value == defaults[section][key], (section, key)
     assert parsed["executor"] == defaults["executor"]
+
+
+def test_a_wrong_value_says_what_is_accepted_not_pydantics_sentence():
+    """``--executor foo`` on ``run`` said "accepted: Input should be 'auto', 'ray' or 'local'" (and
+    ``caption.max_new_tokens=abc``, "accepted: Input should be a valid integer, ..."): pydantic's
+    sentence pasted after "accepted:"; ``caption --executor foo`` says "accepted: 'auto', 'ray', 'local'"."""
+    r = CliRunner().invoke(app, ["run", "--source", "x", "--output", "y", "--executor", "foo"])
+    assert r.exit_code == 2
+    line = r.output.strip()
+    assert "\n" not in line and "Input should" not in line, line
+    assert "invalid value for executor: 'foo'; accepted: 'auto', 'ray' or 'local'" in line
+    with pytest.raises(ConfigError) as info:
+        load_config(apply_overrides(BASE, ["caption.max_new_tokens=abc"]))
+    expected = "invalid value for caption.max_new_tokens: 'abc'; accepted: a valid integer"
+    assert str(info.value).startswith(expected)
+    assert "Input should" not in str(info.value)
