@@ -10,6 +10,8 @@
                         index.html: the whole run on one page (`recaption report`)
       features/         T5 + VAE feature shards (features_text/ too when T5 and VAE run apart)
       _lease.json       while a run writes here: a second run on the folder is refused
+      .huggingface.yaml `datasets.load_dataset(OUTPUT)`: the caption shards (config "nouns",
+                        "features"...: that stage's)
       summary.json      what this invocation did per stage (throughput, failures by reason), and
                         "totals": the whole output's, over every run into the folder
 
@@ -370,6 +372,10 @@ def _run_pipeline(cfg: PipelineConfig, p: Plan, progress: bool | None) -> Pipeli
             t = summary["totals"][name]
             t["quality"] = stage_quality(ps.stage.name, counters)
     result.totals = summary["totals"]
+    from recaption.runner.base import write_run_card
+
+    # `datasets.load_dataset(OUTPUT)`: the run folder itself, its caption shards by default
+    write_run_card(cfg.output, [ps.output for ps in p.stages.values()])
     from recaption.report import REPORT_FILE, write_report
 
     summary["html_report"] = result.html_report = io.join(cfg.output, REPORT_FILE)

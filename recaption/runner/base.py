@@ -226,6 +226,35 @@ def write_dataset_card(output: str, stage: str) -> None:
     )
 
 
+RUN_CONFIG = """\
+# Written by recaption for Hugging Face `datasets`: `load_dataset(RUN)` reads the caption shards,
+# `load_dataset(RUN, "nouns")` (or "features"...) another stage's; never the `_` bookkeeping
+# folders, the report or summary.json. Each description names its shards' state (see the
+# stage folder's own .huggingface.yaml): datasets' cache follows the shards.
+configs:
+"""
+
+
+def write_run_card(run: str, stage_folders: list[str]) -> None:
+    """``RUN/.huggingface.yaml``: one ``datasets`` configuration per stage folder of a pipeline
+    run that has been started (``captions`` the default), so the run folder itself loads."""
+    entries = []
+    for url in stage_folders:
+        name = io.basename(url.rstrip("/"))
+        # only the run's own stage folders: a path in the card is relative to the run folder
+        own = io.normalize(url) == io.normalize(io.join(run, name))
+        if not own or not io.exists(io.join(url, "_stage.json")):
+            continue
+        entries.append(
+            f"- config_name: {name}\n"
+            + ("  default: true\n" if name == "captions" else "")
+            + f'  description: "recaption {name} shards, state {shards_state(url)}"\n'
+            + f'  data_files:\n  - split: train\n    path: "{name}/part-*.parquet"\n'
+        )
+    if entries:
+        io.write_text_atomic(io.join(run, HF_CONFIG_FILE), RUN_CONFIG + "".join(entries))
+
+
 def run_shard(
     stage: Stage,
     shard: InputShard,

@@ -159,3 +159,17 @@ def test_a_file_the_reader_drops_is_no_caption_error(tmp_path: Path, tiny_llava_
         assert sum(q["quality"]["finish_reasons"].values()) == len(shards)
         assert q["quality"]["finish_reasons"]["error"] == int(shards["error"].notna().sum()) == 0
     assert "2 samples: " in r.stderr and "without a caption (error)" in r.stderr
+
+
+def test_the_run_folder_itself_opens_with_hf_datasets(runs, pipeline_file: Path, tmp_path: Path):
+    """`datasets.load_dataset(RUN)` failed ("An error occurred while generating the dataset": it
+    read every parquet below, failure manifests, nouns and features mixed); now the caption shards
+    by default and another stage by name."""
+    datasets = pytest.importorskip("datasets")
+    out = pipeline_file.parent / "run"
+    cache = str(tmp_path / "hf-cache")
+    ds = datasets.load_dataset(str(out), split="train", cache_dir=cache)
+    assert sorted(ds["key"]) == sorted(pd.read_parquet(out / "captions")["key"])
+    assert "dense_caption" in ds.column_names
+    nouns = datasets.load_dataset(str(out), "nouns", split="train", cache_dir=cache)
+    assert sorted(nouns["key"]) == sorted(pd.read_parquet(out / "nouns")["key"])
