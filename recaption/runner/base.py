@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,11 +219,27 @@ def write_dataset_card(output: str, stage: str) -> None:
     """``.huggingface.yaml`` naming the data files, so ``datasets.load_dataset(output)`` reads
     ``part-*.parquet`` and not the failure manifests. Hidden, unlike a ``README.md`` card, so that
     ``pandas.read_parquet(output)`` (which skips ``.``/``_`` names only) still reads the folder.
-    Rewritten whenever a shard is committed: its description carries :func:`shards_state`, which
-    keys ``datasets``' cache to this folder's current shards."""
+    Rewritten when a run of the stage starts and ends (:func:`refresh_dataset_card`): its
+    description carries :func:`shards_state`, which keys ``datasets``' cache to this folder's
+    current shards."""
     io.write_text_atomic(
         io.join(output, HF_CONFIG_FILE), DATASET_CONFIG.format(stage=stage, state=shards_state(output))
     )
+
+
+def refresh_dataset_card(output: str, stage: str, leases: Sequence[Any] = ()) -> None:
+    """Rewrite the card once a run of the stage ends (finished, failed or interrupted), by the
+    driver alone: once per run, not per shard (a listing of ``_stats/`` each time would cost
+    O(shards²) on an object store, and workers racing to write it could leave an older state
+    last). Skipped when the folder's lease was lost: it is another run's folder now."""
+    if any(getattr(lease, "lost", False) for lease in leases):
+        return
+    try:
+        if not io.exists(StageDir(output).stage_file):  # never prepared: nothing to describe
+            return
+        write_dataset_card(output, stage)
+    except OSError as e:  # the shards are committed whatever happens to this file
+        log.warning("%s: could not update %s: %s", output, HF_CONFIG_FILE, e)
 
 
 RUN_CONFIG = """\
@@ -304,10 +320,6 @@ def run_shard(
         if lost is not None:
             raise LeaseLostError(f"{lost}. Shard {shard.index} was dropped ({type(e).__name__}: {e})") from e
         raise
-    try:  # after the commit, outside it: the shard is done whatever happens to this file
-        write_dataset_card(output, stage.name)  # datasets' cache key follows the finished shards
-    except OSError as e:
-        log.warning("%s: could not update %s: %s", output, HF_CONFIG_FILE, e)
     return done
 
 

@@ -6,7 +6,7 @@ import functools
 import time
 import traceback
 
-from recaption.runner.base import RunSummary, log, prepare_output, run_shard
+from recaption.runner.base import RunSummary, log, prepare_output, refresh_dataset_card, run_shard
 from recaption.runner.progress import ProgressGroup
 from recaption.stage import Stage
 
@@ -64,6 +64,7 @@ def _run_local(stage: Stage, output: str, leases: list, progress: bool | Progres
             bar.shard_done(stats)
     finally:
         bar.close()
+        refresh_dataset_card(output, stage.name, leases)
         if pending:
             stage.teardown()
     summary.seconds = time.time() - t0

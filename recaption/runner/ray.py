@@ -21,7 +21,7 @@ from typing import Any
 
 from recaption.errors import ConfigError, RecaptionError, WorkerFault
 from recaption.readers.base import InputShard
-from recaption.runner.base import RunSummary, log, prepare_output, run_shard, unmark
+from recaption.runner.base import RunSummary, log, prepare_output, refresh_dataset_card, run_shard, unmark
 from recaption.runner.progress import ProgressGroup, StageProgress
 from recaption.stage import Resources, Stage
 
@@ -581,8 +581,9 @@ def _run_graph_ray(
         for i in range(len(states)):
             retire(i)
     finally:
-        for st in states:
+        for i, st in enumerate(states):
             st.bar.close()
+            refresh_dataset_card(st.spec.output, st.spec.stage.name, leases[i : i + 1])  # its own lease
             for a in st.actors:
                 with contextlib.suppress(Exception):
                     ray.kill(a)
