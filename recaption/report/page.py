@@ -78,9 +78,17 @@ table.gallery .caption { white-space: pre-wrap; overflow-wrap: anywhere; }
 """
 
 
+# Control characters are HTML parse errors (a NUL becomes U+FFFD, others vanish or break the
+# page's text); a caption holding one is itself worth seeing, so each is shown as a visible glyph:
+# C0 and DEL as Unicode's control pictures (NUL -> \u2400), C1 as its \x escape.
+_VISIBLE_CONTROLS = {c: chr(0x2400 + c) for c in range(0x20) if chr(c) not in "\t\n\r"}
+_VISIBLE_CONTROLS |= {0x7F: "\u2421"} | {c: f"\\x{c:02x}" for c in range(0x80, 0xA0)}
+
+
 def esc(value: object) -> str:
-    """Text for HTML content or an attribute value (quotes escaped too)."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """Text for HTML content or an attribute value (quotes escaped too; control characters shown
+    as visible glyphs)."""
+    return html.escape("" if value is None else str(value), quote=True).translate(_VISIBLE_CONTROLS)
 
 
 def _table(

@@ -157,6 +157,20 @@ def test_captions_are_escaped(run: A.Run):
     assert "Content-Security-Policy" in text
 
 
+def test_control_characters_in_captions_are_shown_not_written(run: A.Run):
+    """A caption holding NUL, BEL, DEL or a C1 control (a degenerate model's output, a badly
+    decoded raw caption) put raw control characters into the page, which HTML parsers drop or turn
+    into U+FFFD; each is now a visible glyph, and the page holds no control character at all."""
+    odd = copy.copy(run)
+    caption = "a\x00b\x07c\x7fd\x85e"
+    odd.captions = run.captions.assign(raw_caption=caption, dense_caption=caption, key=run.captions["key"])
+    text = build_html(odd, gallery=3)
+    controls = {c for c in text if (ord(c) < 0x20 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0}
+    assert controls == set()
+    cells = parse(text).tables["gallery-table"][1:]
+    assert all(r[1] == r[2] == "a\u2400b\u2407c\u2421d\\x85e" for r in cells)
+
+
 def test_histogram_svg_counts_every_value():
     svg = histogram_svg({"a": [1, 1, 2, 7], "b<i>": [2]}, title="t & u", xlabel="x")
     dom = parse(svg)
