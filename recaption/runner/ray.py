@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +133,22 @@ def _quiet_embedded_token_notice() -> None:
         target.addFilter(_Filter())
 
 
+def plain_worker_prefixes(stream: Any = None) -> bool:
+    """Outside a terminal, Ray's driver prints its workers' lines with colour codes around the
+    ``(StageWorker pid=…)`` prefix, which a log file or ``ray job logs`` shows as ``\x1b[36m``
+    noise. ``RAY_COLOR_PREFIX=0`` (read by the driver at each line) turns them off; a terminal, or
+    a value the user set, is left alone. Returns whether they were turned off."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        tty = bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or stand-in stream
+        tty = False
+    if tty or "RAY_COLOR_PREFIX" in os.environ:
+        return False
+    os.environ["RAY_COLOR_PREFIX"] = "0"
+    return True
+
+
 def ensure_ray(options: RayOptions) -> bool:
     """Connect to (or start) Ray; returns True if this call started it."""
     import ray
@@ -141,6 +158,7 @@ def ensure_ray(options: RayOptions) -> bool:
     import signal
     import threading
 
+    plain_worker_prefixes()
     main = threading.current_thread() is threading.main_thread()
     sigterm_before = signal.getsignal(signal.SIGTERM) if main else None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

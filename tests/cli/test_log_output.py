@@ -47,3 +47,18 @@ def test_a_terminal_or_an_explicit_setting_keeps_the_bars(monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")  # the user wants them, even in logs
     assert quiet_progress_bars(_Stream(tty=False)) is False
     assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
+
+
+def test_ray_worker_prefixes_are_plain_outside_a_terminal(monkeypatch):
+    """Ray's driver wrapped each worker line's ``(StageWorker pid=…)`` prefix in colour codes, even
+    in a log file; outside a terminal they are off, a terminal or the user's own setting keeps them."""
+    from recaption.runner.ray import plain_worker_prefixes
+
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    assert plain_worker_prefixes(_Stream(tty=True)) is False
+    assert "RAY_COLOR_PREFIX" not in os.environ
+    assert plain_worker_prefixes(_Stream(tty=False)) is True
+    assert os.environ["RAY_COLOR_PREFIX"] == "0"
+    monkeypatch.setenv("RAY_COLOR_PREFIX", "1")  # the user wants colours, even in logs
+    assert plain_worker_prefixes(_Stream(tty=False)) is False
+    assert os.environ["RAY_COLOR_PREFIX"] == "1"
