@@ -20,18 +20,23 @@ _TRUE = {"1", "true", "yes", "on"}
 LOOKUP_TIMEOUT_S = 5.0
 
 
+def is_terminal(stream: Any = None) -> bool:
+    """Whether ``stream`` (standard error by default) is a terminal; a closed or stand-in stream
+    is not."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def quiet_progress_bars(stream: Any = None) -> bool:
     """Outside a terminal (a log file, ``ray job logs``, a Ray worker), turn Hugging Face's tqdm
     bars off: transformers' "Loading weights" and the hub's downloads write ``\\r``-separated updates
     that a log shows as one long line per load. The progress that matters there is recaption's own
     log lines. A terminal keeps them, and so does an explicit ``HF_HUB_DISABLE_PROGRESS_BARS``.
     Returns whether they were turned off."""
-    stream = sys.stderr if stream is None else stream
-    try:
-        tty = bool(stream.isatty())
-    except (AttributeError, ValueError):  # a closed or stand-in stream
-        tty = False
-    if tty or "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ:
+    if is_terminal(stream) or "HF_HUB_DISABLE_PROGRESS_BARS" in os.environ:
         return False
     # read by huggingface_hub (and through it transformers) at import, and by child processes
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,12 +137,9 @@ def plain_worker_prefixes(stream: Any = None) -> bool:
     ``(StageWorker pid=…)`` prefix, which a log file or ``ray job logs`` shows as ``\x1b[36m``
     noise. ``RAY_COLOR_PREFIX=0`` (read by the driver at each line) turns them off; a terminal, or
     a value the user set, is left alone. Returns whether they were turned off."""
-    stream = sys.stderr if stream is None else stream
-    try:
-        tty = bool(stream.isatty())
-    except (AttributeError, ValueError):  # a closed or stand-in stream
-        tty = False
-    if tty or "RAY_COLOR_PREFIX" in os.environ:
+    from recaption.hub import is_terminal
+
+    if is_terminal(stream) or "RAY_COLOR_PREFIX" in os.environ:
         return False
     os.environ["RAY_COLOR_PREFIX"] = "0"
     return True
