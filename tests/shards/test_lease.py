@@ -18,17 +18,8 @@ from recaption.index import IndexStage
 from recaption.readers import open_source
 from recaption.runner import run_local
 from recaption.shards.lease import LEASE_FILE, Lease, LeaseHeldError, LeaseInfo, OutputNotWritableError, hold
-from tests.builders import sam_member_pairs, write_tar
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def sam_tars(tmp_path: Path) -> Path:
-    d = tmp_path / "sa1b"
-    for t in range(4):
-        write_tar(d / f"sa_{t:06d}.tar", sam_member_pairs(t * 10, 3))
-    return d
 
 
 def _env() -> dict[str, str]:

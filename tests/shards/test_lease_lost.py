@@ -18,7 +18,6 @@ from recaption.index import IndexStage
 from recaption.readers import open_source
 from recaption.runner import run_local
 from recaption.shards.lease import LEASE_FILE, Lease, LeaseLostError
-from tests.builders import sam_member_pairs, write_tar
 from tests.runner.stages import TakeoverIndexStage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,14 +36,6 @@ sys.argv = ["recaption", "index", sys.argv[1], sys.argv[2]]
 from recaption.cli import main
 main()
 """
-
-
-@pytest.fixture
-def sam_tars(tmp_path: Path) -> Path:
-    d = tmp_path / "sa1b"
-    for t in range(4):
-        write_tar(d / f"sa_{t:06d}.tar", sam_member_pairs(t * 10, 3))
-    return d
 
 
 def _parts(out: Path) -> dict[str, bytes]:
