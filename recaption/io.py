@@ -164,6 +164,16 @@ def listdir(url: str) -> list[str]:
     return sorted(to_url(fs, p) for p in fs.ls(path, detail=False))
 
 
+def list_entries(url: str) -> dict[str, dict[str, Any]]:
+    """The entries directly under ``url``, URL → the filesystem's details (size, mtime or ETag...),
+    listed afresh; empty when ``url`` is no folder or cannot be listed."""
+    try:
+        fs, path = _fresh(url)
+        return {to_url(fs, e["name"]): e for e in fs.ls(path, detail=True)}
+    except (FileNotFoundError, NotADirectoryError, OSError):
+        return {}
+
+
 def walk_files(url: str) -> list[str]:
     """Sorted URLs of every file below ``url`` (recursive)."""
     fs, path = _fresh(url)

@@ -197,15 +197,9 @@ def shards_state(output: str) -> str:
     differs between two runs' folders. One listing, no file read."""
     h = hashlib.sha256()
     for folder in (output, io.join(output, "_stats")):
-        try:
-            fs, path = io.fs_path(folder)
-            if not io.renames_atomically(fs):
-                fs.invalidate_cache(path)
-            entries = fs.ls(path, detail=True)
-        except (FileNotFoundError, NotADirectoryError, OSError):
-            continue
-        for e in sorted(entries, key=lambda e: str(e.get("name"))):
-            name = io.basename(str(e.get("name")))
+        entries = io.list_entries(folder)
+        for url in sorted(entries):
+            e, name = entries[url], io.basename(url)
             if folder == output and name != "_stage.json":
                 continue
             if io.is_tmp(name):

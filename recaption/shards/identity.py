@@ -138,13 +138,7 @@ _LISTINGS: dict[str, dict[str, dict[str, Any]]] = {}  # a worker's listings of i
 def _listing(parent: str, reuse: bool) -> dict[str, dict[str, Any]]:
     if reuse and parent in _LISTINGS:
         return _LISTINGS[parent]
-    listed: dict[str, dict[str, Any]] = {}
-    try:
-        fs, ppath = io._fresh(parent)
-        for entry in fs.ls(ppath, detail=True):
-            listed[io.to_url(fs, entry["name"])] = entry
-    except (FileNotFoundError, NotADirectoryError, OSError):
-        listed = {}
+    listed = io.list_entries(parent)
     if reuse:
         _LISTINGS.clear()  # one folder at a time: a worker goes through one source
         _LISTINGS[parent] = listed
