@@ -60,19 +60,7 @@ def test_a_second_run_is_refused_at_once_and_the_first_completes_untouched(sam_t
             time.sleep(0.05)
         assert (out / LEASE_FILE).exists()
         t0 = time.time()
-        second = subprocess.run(
-            [sys.executable, "-m", "recaption", "index", str(sam_tars), str(out)],
-            env=_env(),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert second.returncode == 2, second.stderr
-        assert "being written by another run" in second.stderr
-        assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr
-        assert first.poll() is None, "the first run must still be running when the second is refused"
+        _index_is_refused(sam_tars, out, first)
         assert time.time() - t0 < 60
         assert first.wait(timeout=120) == 0
     finally:
@@ -82,6 +70,24 @@ def test_a_second_run_is_refused_at_once_and_the_first_completes_untouched(sam_t
     assert parts == [f"part-{i:05d}.parquet" for i in range(4)]
     assert {n: (out / n).read_bytes() for n in parts} == {n: (ref / n).read_bytes() for n in parts}
     assert not (out / LEASE_FILE).exists()  # released at the end
+
+
+def _index_is_refused(src: Path, out: Path, first: subprocess.Popen) -> None:
+    """``recaption index src out`` while ``first`` holds a lease on it: exit 2 naming ``first``,
+    which is still running."""
+    second = subprocess.run(
+        [sys.executable, "-m", "recaption", "index", str(src), str(out)],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert second.returncode == 2, second.stderr
+    assert "being written by another run" in second.stderr
+    assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr
+    assert first.poll() is None, "the first run must still be running when the second is refused"
 
 
 def _slow_index(src: Path, out: Path) -> subprocess.Popen:
@@ -119,19 +125,7 @@ def test_a_run_on_a_folder_around_or_inside_a_live_runs_is_refused(
         deadline = time.time() + 60
         while not list(first_out.glob(".part-*.tmp-*")) and time.time() < deadline:
             time.sleep(0.02)
-        second = subprocess.run(
-            [sys.executable, "-m", "recaption", "index", str(sam_tars), str(second_out)],
-            env=_env(),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert second.returncode == 2, second.stderr
-        assert "being written by another run" in second.stderr
-        assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr
-        assert first.poll() is None, "the first run must still be running when the second is refused"
+        _index_is_refused(sam_tars, second_out, first)
         stdout, _ = first.communicate(timeout=120)
         assert first.returncode == 0, stdout
     finally:
